@@ -1,0 +1,326 @@
+//! The plugin configuration: the Envoy plugin `configuration` string (JSON shaped like the Marty
+//! YAML), the VM's `MARTY_RESILIENCE_*` environment variables, and per-route entries.
+//!
+//! Precedence, lowest first: the `environment` preset, the plugin JSON's top-level sections,
+//! the environment variables, the plugin JSON's `routes.<name>` entry, and the route's own Envoy
+//! metadata (`filter_metadata["marty.resilience"]`). Each layer overrides field by field.
+//! Everything is validated at load; an error names the field path and what was expected.
+
+mod breaker;
+pub mod codes;
+mod json;
+mod presets;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+pub use breaker::{BreakerPatch, BreakerPolicy, MAX_HALF_OPEN_REQUESTS};
+pub use codes::{GrpcSet, StatusSet};
+pub use presets::Environment;
+
+use json::{err, expected, join, object, string, unknown_field};
+
+/// A configuration rejected at load, naming where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path (`routes.users.circuit_breaker.failure_threshold`) or variable name.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Everything that applies to one route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutePolicy {
+    pub circuit_breaker: BreakerPolicy,
+}
+
+/// One layer's partial route settings (a `routes` entry, a metadata entry, the top level).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoutePatch {
+    pub circuit_breaker: BreakerPatch,
+}
+
+const ROUTE_FIELDS: &[&str] = &["circuit_breaker", "retry", "failure_injection"];
+const TOP_FIELDS: &[&str] = &[
+    "service_name",
+    "environment",
+    "circuit_breaker",
+    "retry",
+    "failure_injection",
+    "routes",
+];
+
+/// Name of the shared bucket for requests on routes that are neither configured nor annotated.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// Longest route name accepted; names end up in stat names and shared-data keys.
+pub const MAX_ROUTE_NAME_LEN: usize = 128;
+
+impl RoutePatch {
+    /// Parses the sections of a route entry (or of the top level) from `map`, ignoring `skip`.
+    fn parse_sections(
+        map: &Map<String, Value>,
+        prefix: &str,
+        allowed: &[&str],
+        skip: &[&str],
+    ) -> Result<Self, ConfigError> {
+        let mut patch = Self::default();
+        for (key, value) in map {
+            let path = join(prefix, key);
+            match key.as_str() {
+                "circuit_breaker" => {
+                    for (field, v) in object(value, &path)? {
+                        patch.circuit_breaker.set(field, v, &join(&path, field))?;
+                    }
+                }
+                // The retry and fault-injection sections are reserved: their fields arrive with
+                // the features, and until then any field is rejected rather than ignored.
+                "retry" | "failure_injection" => {
+                    if let Some(field) = object(value, &path)?.keys().next() {
+                        return Err(unknown_field(&join(&path, field), &[]));
+                    }
+                }
+                other if skip.contains(&other) => {}
+                _ => return Err(unknown_field(&path, allowed)),
+            }
+        }
+        Ok(patch)
+    }
+
+    /// Parses a route entry: `{ "circuit_breaker": {...}, "retry": {...}, ... }`.
+    pub fn parse(value: &Value, path: &str) -> Result<Self, ConfigError> {
+        Self::parse_sections(object(value, path)?, path, ROUTE_FIELDS, &[])
+    }
+
+    pub fn apply(&self, policy: &mut RoutePolicy) {
+        self.circuit_breaker.apply(&mut policy.circuit_breaker);
+    }
+}
+
+/// The validated plugin configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub service_name: String,
+    pub environment: Environment,
+    /// Top-level policy: the `default` bucket, and the base of every route.
+    pub defaults: RoutePolicy,
+    /// Routes named in the plugin JSON, by Envoy route name, fully resolved.
+    pub routes: BTreeMap<String, RoutePolicy>,
+}
+
+impl Settings {
+    /// Parses the plugin configuration and the VM environment. An empty configuration means
+    /// "all defaults" (Envoy passes nothing when `configuration` is unset).
+    pub fn parse(config: &[u8], env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let text =
+            std::str::from_utf8(config).map_err(|_| err("", "configuration is not valid UTF-8"))?;
+        let root: Value = if text.trim().is_empty() {
+            Value::Object(Map::new())
+        } else {
+            serde_json::from_str(text)
+                .map_err(|e| err("", format!("configuration is not valid JSON: {e}")))?
+        };
+        let map = object(&root, "(configuration)")?;
+
+        let env = EnvOverlay::parse(env)?;
+        let environment = match env.environment {
+            Some(e) => e,
+            None => match map.get("environment") {
+                Some(v) => Environment::parse(v, "environment")?,
+                None => Environment::default(),
+            },
+        };
+        let service_name = match env.service_name.clone() {
+            Some(name) => name,
+            None => match map.get("service_name") {
+                Some(v) => string(v, "service_name")?,
+                None => String::new(),
+            },
+        };
+
+        let top = RoutePatch::parse_sections(
+            map,
+            "",
+            TOP_FIELDS,
+            &["service_name", "environment", "routes"],
+        )?;
+        let mut defaults = environment.preset();
+        top.apply(&mut defaults);
+        env.patch.apply(&mut defaults);
+
+        let mut routes = BTreeMap::new();
+        if let Some(value) = map.get("routes") {
+            let mut stat_names: BTreeMap<String, String> = BTreeMap::new();
+            for (name, entry) in object(value, "routes")? {
+                let path = format!("routes.{name}");
+                check_route_name(name, &path)?;
+                if let Some(other) = stat_names.insert(stat_name(name), name.clone()) {
+                    return Err(err(
+                        &path,
+                        format!(
+                            "route names \"{other}\" and \"{name}\" map to the same stat name \"{}\"",
+                            stat_name(name)
+                        ),
+                    ));
+                }
+                let mut policy = defaults.clone();
+                RoutePatch::parse(entry, &path)?.apply(&mut policy);
+                routes.insert(name.clone(), policy);
+            }
+        }
+
+        Ok(Self {
+            service_name,
+            environment,
+            defaults,
+            routes,
+        })
+    }
+
+    /// The policy of `route` with its Envoy route metadata laid over the plugin JSON.
+    pub fn with_metadata(&self, route: &str, metadata: &Value) -> Result<RoutePolicy, ConfigError> {
+        let path = format!("route_metadata[{route}].filter_metadata[marty.resilience]");
+        let patch = RoutePatch::parse(metadata, &path)?;
+        let mut policy = self
+            .routes
+            .get(route)
+            .cloned()
+            .unwrap_or_else(|| self.defaults.clone());
+        patch.apply(&mut policy);
+        Ok(policy)
+    }
+}
+
+/// Rejects route names that cannot be told apart from the default bucket or are unreasonably long.
+pub fn check_route_name(name: &str, path: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(err(path, "a route name must not be empty"));
+    }
+    if name == DEFAULT_ROUTE {
+        return Err(err(
+            path,
+            "\"default\" is the bucket of unconfigured routes; configure it at the top level",
+        ));
+    }
+    if name.len() > MAX_ROUTE_NAME_LEN {
+        return Err(err(
+            path,
+            format!("a route name must be at most {MAX_ROUTE_NAME_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The route name as it appears inside stat names: anything but `[A-Za-z0-9_-]` becomes `_`,
+/// so a dot in a route name cannot break the `marty_route` tag extraction.
+pub fn stat_name(route: &str) -> String {
+    route
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What the `MARTY_RESILIENCE_*` variables of the VM say.
+#[derive(Default)]
+struct EnvOverlay {
+    service_name: Option<String>,
+    environment: Option<Environment>,
+    patch: RoutePatch,
+}
+
+const ENV_PREFIX: &str = "MARTY_RESILIENCE_";
+
+impl EnvOverlay {
+    fn parse(env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut overlay = Self::default();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let value = env_value(raw);
+            match rest {
+                "SERVICE_NAME" => overlay.service_name = Some(raw.clone()),
+                "ENVIRONMENT" => {
+                    overlay.environment =
+                        Some(Environment::parse(&Value::from(raw.as_str()), name)?)
+                }
+                _ => {
+                    if let Some(field) = rest.strip_prefix("CIRCUIT_BREAKER_") {
+                        let field = field.to_ascii_lowercase();
+                        let value = if breaker::LIST_FIELDS.contains(&field.as_str()) {
+                            env_list(raw)
+                        } else {
+                            value
+                        };
+                        overlay.patch.circuit_breaker.set(&field, &value, name)?;
+                    } else if rest.starts_with("RETRY_") || rest.starts_with("FAILURE_INJECTION_") {
+                        return Err(err(
+                            name,
+                            "unknown variable (this version of the filter has no retry or failure_injection fields yet)",
+                        ));
+                    } else {
+                        return Err(err(
+                            name,
+                            "unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, MARTY_RESILIENCE_ENVIRONMENT or MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD>",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(overlay)
+    }
+}
+
+/// An environment value as JSON when it is JSON (`5`, `true`, `[503]`), else as a string.
+fn env_value(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::from(raw))
+}
+
+/// A list variable: a JSON array, or items separated by commas (`5xx,429`).
+fn env_list(raw: &str) -> Value {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ Value::Array(_)) => v,
+        _ => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(env_value)
+                .collect(),
+        ),
+    }
+}
+
+impl Environment {
+    fn parse(value: &Value, path: &str) -> Result<Self, ConfigError> {
+        match value.as_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("development") => Ok(Self::Development),
+            Some("production") => Ok(Self::Production),
+            Some("testing") => Ok(Self::Testing),
+            _ => Err(expected(
+                path,
+                "one of \"development\", \"production\", \"testing\"",
+                value,
+            )),
+        }
+    }
+}

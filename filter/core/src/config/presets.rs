@@ -1,0 +1,74 @@
+//! The three Marty environments and the values they give to fields the JSON leaves out.
+//! `config/presets/*.json` and `docs/configuration.md` state the same values; a test keeps them
+//! in step.
+
+use super::codes::{GrpcSet, StatusSet};
+use super::{BreakerPolicy, RoutePolicy};
+use crate::NANOS_PER_SEC;
+
+/// Selects the preset (`environment` in the JSON, `MARTY_RESILIENCE_ENVIRONMENT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Environment {
+    /// Lenient: trips late, recovers quickly, probes generously.
+    Development,
+    /// Conservative: the Marty defaults. Chosen when nothing is said.
+    #[default]
+    Production,
+    /// Fast recovery, so test suites do not wait.
+    Testing,
+}
+
+/// gRPC codes that mean "the server side failed": UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE.
+const DEFAULT_FAILURE_GRPC: [u32; 4] = [2, 4, 13, 14];
+
+const fn secs(s: u64) -> u64 {
+    s * NANOS_PER_SEC
+}
+
+impl Environment {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+            Self::Testing => "testing",
+        }
+    }
+
+    pub fn preset(self) -> RoutePolicy {
+        let production = BreakerPolicy {
+            enabled: true,
+            failure_threshold: 5,
+            recovery_timeout: secs(30),
+            half_open_success_threshold: 2,
+            half_open_max_requests: 1,
+            half_open_probe_timeout: secs(30),
+            failure_reset_timeout: secs(60),
+            max_concurrent_requests: 0,
+            failure_status_codes: StatusSet::classes(&[5]),
+            ignored_status_codes: StatusSet::codes(&[501]),
+            failure_grpc_status: GrpcSet::of(&DEFAULT_FAILURE_GRPC),
+            count_connect_failures: true,
+        };
+        let circuit_breaker = match self {
+            Self::Production => production,
+            Self::Development => BreakerPolicy {
+                failure_threshold: 10,
+                recovery_timeout: secs(10),
+                half_open_success_threshold: 1,
+                half_open_max_requests: 3,
+                failure_reset_timeout: secs(30),
+                ..production
+            },
+            Self::Testing => BreakerPolicy {
+                failure_threshold: 3,
+                recovery_timeout: secs(1),
+                half_open_success_threshold: 1,
+                half_open_max_requests: 1,
+                half_open_probe_timeout: secs(5),
+                failure_reset_timeout: secs(10),
+                ..production
+            },
+        };
+        RoutePolicy { circuit_breaker }
+    }
+}

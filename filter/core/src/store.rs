@@ -1,0 +1,190 @@
+//! Shared state across Envoy workers: the host's key-value store with compare-and-swap, and
+//! the bounded read-modify-write loop every change goes through.
+//!
+//! Envoy's store (proxy-wasm-cpp-host `shared_data.cc`) has sharp edges this module respects:
+//! - a `set` on a missing key ignores the CAS token and creates the key, so creation is not
+//!   atomic; the filter creates its keys at configure time, before traffic, and a record that
+//!   is missing later is treated as fresh (two workers racing to create it may lose one count);
+//! - keys cannot be deleted, so they are fixed per configured or annotated route;
+//! - values survive a plugin reload on the same `vm_id`, so they carry a layout version and any
+//!   value that does not decode is treated as fresh and overwritten.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::breaker::{Record, Step};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another worker wrote the key since we read it.
+    CasMismatch,
+    /// The host answered with an unexpected status (its numeric value).
+    Host(u32),
+}
+
+/// The host's shared data, as the decision logic sees it.
+pub trait SharedStore {
+    /// The value and its CAS token, or `None` when the key does not exist.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+    /// Writes if the key's token is still `cas` (0: unconditionally; a missing key is created).
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// Attempts before a read-modify-write gives up. Under Envoy's one global lock two workers
+/// rarely collide twice in a row; a loop that keeps losing means a storm, and waiting longer
+/// only deepens it.
+pub const MAX_CAS_ATTEMPTS: u32 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateError {
+    /// Lost the race `MAX_CAS_ATTEMPTS` times: the caller lets the request through and counts it.
+    Exhausted,
+    Host(u32),
+}
+
+/// The result of a successful [`update`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Updated<T> {
+    pub step: Step<T>,
+    /// The record as it now stands (what was written, or what was read).
+    pub current: Record,
+    /// The stored value did not decode and was treated as fresh.
+    pub was_corrupt: bool,
+}
+
+/// Reads the record at `key`, lets `decide` compute a step, and writes the step's record with
+/// CAS; on a lost race, reads again and re-decides. Only a write that lands reports its
+/// transition, so each transition has exactly one author.
+pub fn update<S: SharedStore + ?Sized, T>(
+    store: &S,
+    key: &str,
+    mut decide: impl FnMut(&Record) -> Step<T>,
+) -> Result<Updated<T>, UpdateError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (current, cas, was_corrupt) = load(store, key)?;
+        let step = decide(&current);
+        let Some(next) = &step.write else {
+            return Ok(Updated {
+                step,
+                current,
+                was_corrupt,
+            });
+        };
+        match store.set(key, &next.encode(), cas) {
+            Ok(()) => {
+                let current = next.clone();
+                return Ok(Updated {
+                    step,
+                    current,
+                    was_corrupt,
+                });
+            }
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Host(status)) => return Err(UpdateError::Host(status)),
+        }
+    }
+    Err(UpdateError::Exhausted)
+}
+
+/// The record at `key` with its CAS token (0 when absent), and whether the stored bytes were
+/// unreadable.
+pub fn load<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+) -> Result<(Record, u32, bool), UpdateError> {
+    match store.get(key) {
+        Ok(Some((bytes, cas))) => match Record::decode(&bytes) {
+            Some(record) => Ok((record, cas, false)),
+            None => Ok((Record::default(), cas, true)),
+        },
+        Ok(None) => Ok((Record::default(), 0, false)),
+        Err(StoreError::CasMismatch) => Err(UpdateError::Host(0)),
+        Err(StoreError::Host(status)) => Err(UpdateError::Host(status)),
+    }
+}
+
+/// Creates `key` with a fresh record unless it already holds one: run at configure time on
+/// every VM. Idempotent: an existing readable record (state kept across a plugin reload) is
+/// left alone.
+pub fn ensure<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<bool, UpdateError> {
+    let (_, cas, was_corrupt) = load(store, key)?;
+    if cas != 0 && !was_corrupt {
+        return Ok(false);
+    }
+    match store.set(key, &Record::default().encode(), cas) {
+        // Someone else created or fixed it between our read and write: theirs stands.
+        Ok(()) | Err(StoreError::CasMismatch) => Ok(cas == 0 || was_corrupt),
+        Err(StoreError::Host(status)) => Err(UpdateError::Host(status)),
+    }
+}
+
+/// The shared-data key of a route's breaker. Versioned so that a future layout can live beside
+/// this one during a rolling reload.
+pub fn breaker_key(route: &str) -> String {
+    format!("marty.resilience/v1/cb/{route}")
+}
+
+/// An in-memory store with Envoy's exact semantics, for tests and simulations: one global CAS
+/// counter that skips 0, `cas == 0` writes unconditionally, a missing key is created whatever
+/// the token.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    next_cas: u32,
+    values: HashMap<String, (Vec<u8>, u32)>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores raw bytes under `key`, bypassing CAS (to plant corrupt or old values in tests).
+    pub fn put_raw(&self, key: &str, value: &[u8]) {
+        let mut inner = self.lock();
+        let cas = inner.bump();
+        inner.values.insert(key.to_string(), (value.to_vec(), cas));
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().values.keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl MemoryInner {
+    fn bump(&mut self) -> u32 {
+        self.next_cas = self.next_cas.wrapping_add(1);
+        if self.next_cas == 0 {
+            self.next_cas = 1;
+        }
+        self.next_cas
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Ok(self.lock().values.get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some((_, current)) = inner.values.get(key) {
+            if cas != 0 && cas != *current {
+                return Err(StoreError::CasMismatch);
+            }
+        }
+        let next = inner.bump();
+        inner.values.insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
+    }
+}

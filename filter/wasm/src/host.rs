@@ -1,0 +1,290 @@
+//! The host calls the filter makes, as results that never panic.
+//!
+//! The SDK's wrappers `panic!` on any status they did not expect (rust-sdk #82, #185), and a
+//! panic traps the VM and every request on it. These declare the same ABI 0.2.1 imports with a
+//! plain `u32` status and return `Result`, so an odd answer from the host is handled like any
+//! other input.
+
+use std::ptr::{null, null_mut};
+
+use marty_resilience_core::store::{SharedStore, StoreError};
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
+
+/// `MapType` values of the ABI.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Map {
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+    ResponseTrailers = 3,
+}
+
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum MetricKind {
+    Counter = 0,
+    Gauge = 1,
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+}
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn clock_time_get(clock_id: u32, precision: u64, time: *mut u64) -> u32;
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data` must be null or a block of `size` bytes the host just allocated with that export.
+unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if data.is_null() {
+        None
+    } else {
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+/// Reads a property by path; `None` when absent or on any host error.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    // The ABI's path encoding: each segment followed by a NUL.
+    let mut encoded = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
+    for segment in path {
+        encoded.extend_from_slice(segment.as_bytes());
+        encoded.push(0);
+    }
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: pointers to live locals; the returned block is handed to `owned` once.
+    unsafe {
+        match proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) {
+            OK => owned(data, size),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a header (or trailer) value; `None` when absent or on any host error.
+pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: as in `property`.
+    unsafe {
+        match proxy_get_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        ) {
+            OK => owned(data, size),
+            _ => None,
+        }
+    }
+}
+
+/// The plugin configuration bytes (empty when none was given).
+pub fn plugin_configuration(size: usize) -> Vec<u8> {
+    const PLUGIN_CONFIGURATION: u32 = 7;
+    let mut data = null_mut();
+    let mut len = 0;
+    // SAFETY: as in `property`.
+    unsafe {
+        match proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) {
+            OK => owned(data, len).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Replies locally instead of forwarding. `grpc_status` >= 0 makes Envoy answer a gRPC request
+/// trailers-only with that status and `body` as the `grpc-message`.
+pub fn send_local_response(
+    status: u32,
+    details: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+    grpc_status: i32,
+) -> bool {
+    let serialized = serialize_pairs(headers);
+    // SAFETY: all pointers are to live locals for the duration of the call.
+    unsafe {
+        proxy_send_local_response(
+            status,
+            details.as_ptr(),
+            details.len(),
+            if body.is_empty() {
+                null()
+            } else {
+                body.as_ptr()
+            },
+            body.len(),
+            serialized.as_ptr(),
+            serialized.len(),
+            grpc_status,
+        ) == OK
+    }
+}
+
+/// The ABI's header-map encoding: count, then (name length, value length) pairs, then each
+/// name and value followed by a NUL.
+fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (name, value) in pairs {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Defines a stat; `None` if the host refuses (the filter then simply does not count it).
+pub fn define_metric(kind: MetricKind, name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: pointers to live locals.
+    unsafe {
+        (proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) == OK).then_some(id)
+    }
+}
+
+pub fn increment_metric(id: Option<u32>, offset: i64) {
+    if let Some(id) = id {
+        // SAFETY: plain values. A failure only loses a count.
+        unsafe {
+            proxy_increment_metric(id, offset);
+        }
+    }
+}
+
+pub fn record_metric(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        // SAFETY: plain values.
+        unsafe {
+            proxy_record_metric(id, value);
+        }
+    }
+}
+
+pub fn get_metric(id: Option<u32>) -> Option<u64> {
+    let id = id?;
+    let mut value = 0;
+    // SAFETY: pointer to a live local.
+    unsafe { (proxy_get_metric(id, &mut value) == OK).then_some(value) }
+}
+
+/// Envoy's monotonic clock in nanoseconds (WASI `clock_time_get(MONOTONIC)`): one process-wide
+/// time base, so deadlines written by one worker mean the same to every other.
+pub fn monotonic_ns() -> u64 {
+    const MONOTONIC: u32 = 1;
+    let mut now = 0;
+    // SAFETY: pointer to a live local; on error `now` stays 0 and deadlines simply expire.
+    unsafe {
+        clock_time_get(MONOTONIC, 1, &mut now);
+    }
+    now
+}
+
+/// Wall clock in milliseconds since the Unix epoch, only for reporting when things happened.
+pub fn unix_ms() -> u64 {
+    let mut now = 0;
+    // SAFETY: pointer to a live local.
+    unsafe {
+        proxy_get_current_time_nanoseconds(&mut now);
+    }
+    now / 1_000_000
+}
+
+/// The host's shared data (per `vm_id`, shared by every worker of the Envoy process).
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        let mut cas = 0;
+        // SAFETY: as in `property`.
+        unsafe {
+            match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
+                OK => Ok(Some((owned(data, size).unwrap_or_default(), cas))),
+                NOT_FOUND => Ok(None),
+                status => Err(StoreError::Host(status)),
+            }
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        // SAFETY: pointers to live borrows for the duration of the call.
+        unsafe {
+            match proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) {
+                OK => Ok(()),
+                CAS_MISMATCH => Err(StoreError::CasMismatch),
+                status => Err(StoreError::Host(status)),
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The marty-resilience Envoy filter: proxy-wasm glue over `marty-resilience-core`.
+//!
+//! Envoy runs one VM per worker (plus one on the main thread). Each VM loads the configuration
+//! in [`Root::on_configure`]; state that must agree across workers (the breakers) lives in
+//! proxy shared data under the plugin's `vm_id`; counters and gauges are Envoy stats, shared
+//! by name across VMs.
+
+mod host;
+mod metrics;
+mod plugin;
+mod stream;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{error, info};
+use marty_resilience_core::config::Settings;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+
+use plugin::Plugin;
+use stream::Stream;
+
+/// Period of the housekeeping tick: how late, at most, an idle OPEN breaker shows HALF_OPEN.
+const TICK: Duration = Duration::from_millis(250);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { plugin: None }) });
+}}
+
+struct Root {
+    plugin: Option<Rc<Plugin>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        // Forward only what Envoy would print anyway: a debug line costs a host call.
+        proxy_wasm::set_log_level(proxy_wasm::hostcalls::get_log_level().unwrap_or(LogLevel::Info));
+        let config = host::plugin_configuration(size);
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        match Settings::parse(&config, &env) {
+            Ok(settings) => {
+                info!(
+                    "configured: service {:?}, environment {}, {} route(s)",
+                    settings.service_name,
+                    settings.environment.name(),
+                    settings.routes.len()
+                );
+                self.plugin = Some(Rc::new(Plugin::new(settings)));
+                self.set_tick_period(TICK);
+                true
+            }
+            Err(e) => {
+                // Returning false makes Envoy reject the configuration; the log says why.
+                error!("invalid marty-resilience configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(plugin) = &self.plugin {
+            plugin.tick();
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let plugin = self.plugin.clone()?;
+        Some(Box::new(Stream::new(plugin)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

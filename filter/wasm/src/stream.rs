@@ -1,0 +1,279 @@
+//! One HTTP stream: admit or reject on the request headers, watch the response, and report the
+//! outcome when the stream ends. Host reads are kept to what the decision needs: the route name
+//! per request, `:status` per response, `grpc-status` only where gRPC puts it, and Envoy's
+//! response flags only when the status alone is not conclusive.
+
+use std::rc::Rc;
+
+use log::debug;
+use marty_resilience_core::breaker::{self, Decision, Outcome, State, Ticket};
+use marty_resilience_core::classify::{classify, needs_flags, Response};
+use marty_resilience_core::NANOS_PER_SEC;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::host::{self, Map};
+use crate::metrics::inc;
+use crate::plugin::{now, Bucket, Plugin};
+
+pub struct Stream {
+    plugin: Rc<Plugin>,
+    bucket: Option<Rc<Bucket>>,
+    /// Present while the request counts toward the breaker.
+    ticket: Option<Ticket>,
+    /// The request holds a slot of `active_requests`.
+    active: bool,
+    response: Response,
+    finished: bool,
+}
+
+impl Stream {
+    pub fn new(plugin: Rc<Plugin>) -> Self {
+        Self {
+            plugin,
+            bucket: None,
+            ticket: None,
+            active: false,
+            response: Response::default(),
+            finished: false,
+        }
+    }
+
+    fn admit(&mut self) -> Action {
+        let now = now();
+        let route_name = host::property(&["xds", "route_name"])
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .unwrap_or_default();
+        let bucket = self.plugin.resolve(&route_name, now.mono_ns);
+        self.bucket = Some(bucket.clone());
+        inc(bucket.metrics.requests);
+
+        let policy = bucket.route.borrow().policy.circuit_breaker.clone();
+        if !policy.enabled {
+            return Action::Continue;
+        }
+        let decision = match self
+            .plugin
+            .update(&bucket, |rec| breaker::admit(rec, &policy, now))
+        {
+            Ok(step) => step.result,
+            // Shared state unavailable: let the request through untracked (fail open).
+            Err(_) => return Action::Continue,
+        };
+        match decision {
+            Decision::Allow(ticket) => {
+                self.ticket = Some(ticket);
+                host::increment_metric(bucket.metrics.active_requests, 1);
+                self.active = true;
+                if policy.max_concurrent_requests > 0 {
+                    // Increment first, then read: of racing requests, the one whose increment
+                    // came last sees every other, so the cap is never exceeded (it may reject
+                    // a request it could have let through, never the reverse).
+                    let in_flight = host::get_metric(bucket.metrics.active_requests).unwrap_or(0);
+                    if in_flight > u64::from(policy.max_concurrent_requests) {
+                        self.release(Outcome::Ignored);
+                        inc(bucket.metrics.concurrency_rejected);
+                        return self.reject(&bucket, RejectReason::Concurrency, 0);
+                    }
+                }
+                Action::Continue
+            }
+            Decision::Reject {
+                state,
+                retry_after_ns,
+            } => {
+                let reason = if state == State::HalfOpen {
+                    RejectReason::HalfOpen
+                } else {
+                    RejectReason::Open
+                };
+                self.reject(&bucket, reason, retry_after_ns)
+            }
+        }
+    }
+
+    /// Answers locally: 503 for HTTP, a trailers-only UNAVAILABLE for gRPC.
+    fn reject(&mut self, bucket: &Bucket, reason: RejectReason, retry_after_ns: u64) -> Action {
+        inc(bucket.metrics.rejected);
+        let route = bucket.route.borrow().bucket.clone();
+        debug!("route {route}: rejected ({})", reason.details());
+        let retry_after = breaker::retry_after_secs(retry_after_ns).to_string();
+        let pushback_ms = retry_after_ns
+            .div_ceil(NANOS_PER_SEC / 1000)
+            .max(1)
+            .to_string();
+        let is_grpc = host::header(Map::RequestHeaders, "content-type")
+            .is_some_and(|ct| ct.starts_with(b"application/grpc"));
+        let sent = if is_grpc {
+            host::send_local_response(
+                200,
+                reason.details(),
+                reason.message().as_bytes(),
+                &[
+                    ("x-marty-circuit", reason.circuit()),
+                    ("grpc-retry-pushback-ms", &pushback_ms),
+                ],
+                14,
+            )
+        } else {
+            host::send_local_response(
+                503,
+                reason.details(),
+                format!("{}\n", reason.message()).as_bytes(),
+                &[
+                    ("x-marty-circuit", reason.circuit()),
+                    ("retry-after", &retry_after),
+                    ("content-type", "text/plain"),
+                ],
+                -1,
+            )
+        };
+        if sent {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    /// Ends the request's part in the breaker exactly once, whichever callback comes first.
+    fn release(&mut self, outcome: Outcome) {
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        if std::mem::take(&mut self.active) {
+            host::increment_metric(bucket.metrics.active_requests, -1);
+        }
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        match outcome {
+            Outcome::Success => inc(bucket.metrics.success),
+            Outcome::Failure => inc(bucket.metrics.failure),
+            Outcome::Ignored => {}
+        }
+        // The common case, a success with no failure streak to reset, needs no shared write.
+        let nothing_to_do = outcome == Outcome::Success
+            && ticket.probe.is_none()
+            && bucket.view.borrow().as_ref().is_some_and(|view| {
+                view.state == State::Closed
+                    && view.generation == ticket.generation
+                    && view.consecutive_failures == 0
+            });
+        if nothing_to_do {
+            return;
+        }
+        let policy = bucket.route.borrow().policy.circuit_breaker.clone();
+        let now = now();
+        let _ = self.plugin.update(&bucket, |rec| {
+            breaker::record(rec, &policy, now, ticket, outcome)
+        });
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        if self.ticket.is_none() {
+            self.release(Outcome::Ignored);
+            return;
+        }
+        let policy = bucket.route.borrow().policy.circuit_breaker.clone();
+        if needs_flags(&policy, &self.response) {
+            self.response.flags = host::property(&["response", "flags"])
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_le_bytes);
+        }
+        let outcome = classify(&policy, &self.response);
+        self.release(outcome);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RejectReason {
+    Open,
+    HalfOpen,
+    Concurrency,
+}
+
+impl RejectReason {
+    /// Envoy's response code details, visible as `%RESPONSE_CODE_DETAILS%` in access logs.
+    fn details(self) -> &'static str {
+        match self {
+            Self::Open => "marty_circuit_open",
+            Self::HalfOpen => "marty_circuit_half_open",
+            Self::Concurrency => "marty_max_concurrent_requests",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Open => "circuit breaker is open",
+            Self::HalfOpen => "circuit breaker is half-open and its probes are in flight",
+            Self::Concurrency => "too many concurrent requests on this route",
+        }
+    }
+
+    fn circuit(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+            Self::Concurrency => "closed",
+        }
+    }
+}
+
+fn parse_u32(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}
+
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        self.finish();
+        true
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        self.admit()
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if self.ticket.is_none() {
+            return Action::Continue;
+        }
+        self.response.http_status = host::header(Map::ResponseHeaders, ":status")
+            .and_then(|s| parse_u32(&s))
+            .and_then(|s| u16::try_from(s).ok());
+        if end_of_stream {
+            // A headers-only response is where gRPC puts the status of a trailers-only reply.
+            self.response.complete = true;
+            self.response.grpc_status =
+                host::header(Map::ResponseHeaders, "grpc-status").and_then(|s| parse_u32(&s));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            self.response.complete = true;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        if self.ticket.is_some() {
+            self.response.complete = true;
+            self.response.grpc_status =
+                host::header(Map::ResponseTrailers, "grpc-status").and_then(|s| parse_u32(&s));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.finish();
+    }
+}
