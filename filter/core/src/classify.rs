@@ -76,10 +76,22 @@ fn by_status(policy: &BreakerPolicy, r: &Response) -> Option<Outcome> {
 }
 
 /// Whether the flags matter for this response. Reading them costs a host call, so the glue
-/// only does when the stream did not complete or the status alone would count a failure.
+/// only does when they can change the answer: the stream did not complete, the status alone
+/// would count a failure, or the status is one Envoy itself answers upstream faults with (a
+/// connect failure is a 503, a timeout a 504; gRPC callers see UNAVAILABLE or
+/// DEADLINE_EXCEEDED), which `count_connect_failures` decides on even where the status
+/// codes would not.
 pub fn needs_flags(policy: &BreakerPolicy, r: &Response) -> bool {
-    !r.complete || by_status(policy, r) != Some(Outcome::Success)
+    let envoy_fault_status = matches!(r.http_status, Some(502..=504))
+        || matches!(
+            r.grpc_status,
+            Some(GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE)
+        );
+    !r.complete || envoy_fault_status || by_status(policy, r) != Some(Outcome::Success)
 }
+
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+const GRPC_UNAVAILABLE: u32 = 14;
 
 pub fn classify(policy: &BreakerPolicy, r: &Response) -> Outcome {
     let flags = r.flags.unwrap_or(0);

@@ -1,0 +1,49 @@
+//! Shared bits of the filter's end-to-end tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use marty_integration::{Envoy, EnvoyConfig, RouteSpec, Upstream};
+use serde_json::Value;
+
+/// Upper bound of every poll: generous, because Envoy and V8 share two cores with the tests.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub const GRPC_PATH: &str = "/marty.test.Echo/Call";
+
+/// The full `/stats` name of a per-route stat of the filter.
+pub fn stat(route: &str, leaf: &str) -> String {
+    format!("wasmcustom.marty_resilience.route.{route}.{leaf}")
+}
+
+/// Starts Envoy with the filter configured by `plugin_config` in front of `upstream`.
+pub fn envoy(upstream: &Upstream, plugin_config: Value, routes: Vec<RouteSpec>) -> Envoy {
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(plugin_config.to_string())
+        .routes(routes);
+    Envoy::start(&config).unwrap_or_else(|e| panic!("envoy with the filter starts: {e}"))
+}
+
+/// Request headers that make the upstream answer `status`, counted under `key`.
+pub fn answer(key: &'static str, status: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![("x-test-key", key), ("x-upstream-status", status)]
+}
+
+/// Polls the route's `circuit_state` gauge until it reads `state` (0 closed, 1 open, 2 half-open).
+pub fn wait_state(envoy: &Envoy, route: &str, state: i64) {
+    envoy.wait_for_stat(&stat(route, "circuit_state"), |v| v == state, WAIT);
+}
+
+pub fn value(envoy: &Envoy, route: &str, leaf: &str) -> i64 {
+    envoy.stat(&stat(route, leaf)).unwrap_or_else(|| {
+        panic!(
+            "stat {} missing; stats: {:?}",
+            stat(route, leaf),
+            envoy
+                .stats()
+                .keys()
+                .filter(|k| k.contains("marty"))
+                .collect::<Vec<_>>()
+        )
+    })
+}

@@ -1,0 +1,194 @@
+//! Configuration as Envoy delivers it: rejected at load with the field path, VM environment
+//! variables, per-route entries, route metadata, and the shared `default` bucket.
+
+mod common;
+
+use common::{answer, envoy, stat, value, wait_state, WAIT};
+use marty_integration::{http1, Envoy, EnvoyConfig, RouteSpec, Upstream};
+use serde_json::json;
+
+#[test]
+fn an_invalid_configuration_is_rejected_naming_the_field() {
+    let upstream = Upstream::start();
+    let cases = [
+        (
+            json!({"routes": {"users": {"circuit_breaker": {"failure_threshold": -2}}}})
+                .to_string(),
+            "routes.users.circuit_breaker.failure_threshold: expected an integer >= 1, got -2",
+        ),
+        (
+            json!({"circuit_breaker": {"recovery_timout": 3}}).to_string(),
+            "circuit_breaker.recovery_timout: unknown field, expected one of:",
+        ),
+        (
+            json!({"circuit_breaker": {"recovery_timeout": "soon"}}).to_string(),
+            "circuit_breaker.recovery_timeout: expected a duration > 0",
+        ),
+        (
+            "{\"circuit_breaker\": ".to_string(),
+            "configuration is not valid JSON",
+        ),
+    ];
+    for (config, message) in cases {
+        let error = Envoy::start(&EnvoyConfig::new(upstream.port()).plugin_config(config.clone()))
+            .err()
+            .unwrap_or_else(|| panic!("Envoy accepted {config}"));
+        assert!(
+            error.log.contains(&format!(
+                "invalid marty-resilience configuration: {message}"
+            )),
+            "{config}: log does not say {message:?}:\n{}",
+            error.log
+        );
+    }
+}
+
+#[test]
+fn an_invalid_environment_variable_is_rejected_by_name() {
+    let upstream = Upstream::start();
+    let config = EnvoyConfig::new(upstream.port()).vm_env(
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_MAX_REQUESTS",
+        "100",
+    );
+    let error = Envoy::start(&config).err().expect("rejected");
+    assert!(error.log.contains(
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_MAX_REQUESTS: expected an integer between 1 and 64, got 100"
+    ), "{}", error.log);
+}
+
+#[test]
+fn environment_variables_override_the_plugin_json() {
+    let upstream = Upstream::start();
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(json!({"circuit_breaker": {"failure_threshold": 10}}).to_string())
+        .vm_env("MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2")
+        .vm_env(
+            "MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_STATUS_CODES",
+            "418",
+        )
+        .routes(vec![RouteSpec::unnamed("/")]);
+    let envoy = Envoy::start(&config).unwrap();
+    // 500 is no longer a failure; 418 is, and two of them open the breaker.
+    http1(envoy.port(), "GET", "/", &answer("e", "500")).unwrap();
+    http1(envoy.port(), "GET", "/", &answer("e", "418")).unwrap();
+    assert_eq!(value(&envoy, "default", "circuit_state"), 0);
+    http1(envoy.port(), "GET", "/", &answer("e", "418")).unwrap();
+    wait_state(&envoy, "default", 1);
+}
+
+#[test]
+fn routes_get_their_own_buckets_and_everything_else_shares_default() {
+    let upstream = Upstream::start();
+    let config = json!({
+        "circuit_breaker": {"failure_threshold": 100},
+        "routes": {"users": {"circuit_breaker": {"failure_threshold": 1}}}
+    });
+    let envoy = envoy(
+        &upstream,
+        config,
+        vec![
+            RouteSpec::new("users", "/users"),
+            RouteSpec::new("orders", "/orders"),
+            RouteSpec::unnamed("/"),
+        ],
+    );
+    // Requests on a named-but-unconfigured route and on an unnamed route, with arbitrary
+    // paths, all land in `default`: client input never creates buckets.
+    for path in ["/orders/1", "/orders/2?x=y", "/anything", "/a/b/c"] {
+        http1(envoy.port(), "GET", path, &answer("d", "200")).unwrap();
+    }
+    assert_eq!(value(&envoy, "default", "requests_total"), 4);
+    assert!(envoy.stat(&stat("orders", "requests_total")).is_none());
+    assert!(!envoy.stats().keys().any(|k| k.contains("anything")));
+
+    // `users` trips on its own threshold without touching `default`.
+    http1(envoy.port(), "GET", "/users", &answer("u", "500")).unwrap();
+    wait_state(&envoy, "users", 1);
+    assert_eq!(value(&envoy, "default", "circuit_state"), 0);
+    let r = http1(envoy.port(), "GET", "/orders", &answer("d", "200")).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn route_metadata_wins_over_the_plugin_json() {
+    let upstream = Upstream::start();
+    let config = json!({"routes": {"users": {"circuit_breaker": {"failure_threshold": 50}}}});
+    let annotated = json!({"circuit_breaker": {
+        "failure_threshold": 2, "failure_status_codes": ["5xx", 429], "recovery_timeout": "45s"}});
+    let envoy = envoy(
+        &upstream,
+        config,
+        vec![
+            RouteSpec::new("users", "/users").metadata(annotated),
+            RouteSpec::new("payments", "/payments")
+                .metadata(json!({"circuit_breaker": {"failure_threshold": 1}})),
+            RouteSpec::unnamed("/"),
+        ],
+    );
+    http1(envoy.port(), "GET", "/users", &answer("u", "429")).unwrap();
+    assert_eq!(value(&envoy, "users", "circuit_state"), 0);
+    http1(envoy.port(), "GET", "/users", &answer("u", "429")).unwrap();
+    wait_state(&envoy, "users", 1);
+    let r = http1(envoy.port(), "GET", "/users", &answer("u", "200")).unwrap();
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        retry_after > 30 && retry_after <= 45,
+        "recovery_timeout from metadata: {retry_after}"
+    );
+
+    // A route that only the metadata names still gets its own bucket.
+    http1(envoy.port(), "GET", "/payments", &answer("p", "503")).unwrap();
+    wait_state(&envoy, "payments", 1);
+    assert_eq!(value(&envoy, "default", "requests_total"), 0);
+}
+
+#[test]
+fn invalid_route_metadata_is_reported_and_the_plugin_json_applies() {
+    let upstream = Upstream::start();
+    let config = json!({"routes": {"users": {"circuit_breaker": {"failure_threshold": 1}}}});
+    let envoy = envoy(
+        &upstream,
+        config,
+        vec![
+            RouteSpec::new("users", "/users")
+                .metadata(json!({"circuit_breaker": {"failure_threshold": "many"}})),
+            RouteSpec::unnamed("/"),
+        ],
+    );
+    http1(envoy.port(), "GET", "/users", &answer("u", "500")).unwrap();
+    wait_state(&envoy, "users", 1);
+    envoy.wait_for_log(
+        "route_metadata[users].filter_metadata[marty.resilience].circuit_breaker.failure_threshold: expected an integer >= 1, got \"many\"",
+        WAIT,
+    );
+    assert!(
+        envoy
+            .stat("wasmcustom.marty_resilience.route_config_rejected_total")
+            .unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn prometheus_shows_the_route_as_a_label() {
+    let upstream = Upstream::start();
+    let envoy = envoy(
+        &upstream,
+        json!({"routes": {"users": {}}}),
+        vec![RouteSpec::new("users", "/users"), RouteSpec::unnamed("/")],
+    );
+    http1(envoy.port(), "GET", "/users", &answer("u", "200")).unwrap();
+    envoy.wait_for_stat(&stat("users", "requests_total"), |v| v == 1, WAIT);
+    let text = envoy.prometheus();
+    assert!(
+        text.contains("marty_resilience_route_requests_total{marty_route=\"users\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("marty_resilience_route_circuit_state{marty_route=\"default\"} 0"));
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("marty_resilience_route_users")),
+        "no route name left inside a metric name"
+    );
+}
