@@ -16,9 +16,10 @@ pub struct StatusSet {
 }
 
 impl StatusSet {
+    /// The classes `1..=5` among `classes` (`5` is `5xx`); others are not status classes.
     pub fn classes(classes: &[u8]) -> Self {
         let mut set = Self::default();
-        for class in classes {
+        for class in classes.iter().filter(|class| (1..=5).contains(*class)) {
             set.classes |= 1 << class;
         }
         set
