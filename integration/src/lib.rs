@@ -4,6 +4,7 @@
 //! Tests are plain synchronous `#[test]` functions; every async piece owns its runtime.
 
 pub mod client;
+pub mod demo;
 pub mod envoy;
 pub mod upstream;
 
