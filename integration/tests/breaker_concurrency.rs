@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{answer, envoy, stat, value, wait_state, WAIT};
+use common::{answer, assert_both_workers_served, envoy, stat, value, wait_state, WAIT};
 use marty_integration::{
     concurrently, http1, http1_abort_after_headers, RawClient, RouteSpec, Upstream,
 };
@@ -38,6 +38,7 @@ fn opens_exactly_once_when_many_concurrent_requests_fail_on_both_workers() {
         );
     }
     wait_state(&envoy, "default", 1);
+    assert_both_workers_served(&envoy);
     assert_eq!(
         value(&envoy, "default", "circuit_opened_total"),
         1,
@@ -81,6 +82,7 @@ fn half_open_admits_exactly_max_probes_across_workers() {
     let headers = [("x-test-key", "p"), ("x-upstream-delay-ms", "1500")];
     let results = concurrently(20, |_| http1(envoy.port(), "GET", "/", &headers).unwrap());
     let counts = statuses(&results.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_both_workers_served(&envoy);
     assert_eq!(upstream.count("p"), 2, "statuses {counts:?}");
     assert_eq!(counts.get(&200), Some(&2), "{counts:?}");
     assert_eq!(counts.get(&503), Some(&18), "{counts:?}");

@@ -47,3 +47,20 @@ pub fn value(envoy: &Envoy, route: &str, leaf: &str) -> i64 {
         )
     })
 }
+
+/// Asserts that both Envoy workers accepted connections on the front listener, so a race test
+/// really raced across VMs.
+pub fn assert_both_workers_served(envoy: &Envoy) {
+    let stats = envoy.stats();
+    for worker in 0..2 {
+        // The front listener is the only one; its stat name carries the configured address.
+        let suffix = format!(".worker_{worker}.downstream_cx_total");
+        let accepted: i64 = stats
+            .iter()
+            .filter(|(k, _)| k.starts_with("listener.") && k.ends_with(&suffix))
+            .filter(|(k, _)| !k.starts_with("listener.admin."))
+            .map(|(_, v)| *v)
+            .sum();
+        assert!(accepted > 0, "worker {worker} accepted no connection");
+    }
+}
