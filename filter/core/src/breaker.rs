@@ -3,8 +3,8 @@
 //! and the transition it made (if any); [`crate::store::update`] applies it with compare-and-swap,
 //! so the one worker whose write lands is the one that reports the transition.
 //!
-//! - CLOSED: `failure_threshold` consecutive failures open it; a failure older than
-//!   `failure_reset_timeout` no longer counts.
+//! - CLOSED: `failure_threshold` consecutive failures open it; `failure_reset_timeout` without
+//!   a failure resets the count (measured from the latest failure).
 //! - OPEN: everything is rejected until `open_until`; then HALF_OPEN.
 //! - HALF_OPEN: probes hold one of `half_open_max_requests` slots (a lease with a deadline, so a
 //!   probe that never reports back cannot wedge the breaker); `half_open_success_threshold`
@@ -334,11 +334,17 @@ fn take_probe_slot(rec: &mut Record, policy: &BreakerPolicy, now: Now) -> Option
     // The slot count follows the policy in force (it may have been reconfigured).
     rec.probes.resize(policy.half_open_max_requests as usize, 0);
     let slot = rec.probes.iter().position(|lease| *lease <= now.mono_ns)?;
-    // A lease is never 0 (0 means free) and is unique to this probe: it is the deadline.
-    let lease = now
+    // The lease is the deadline, made unique among the slots (and never 0, which means free),
+    // so a probe's ticket can never be mistaken for another's that took the slot at the same
+    // instant.
+    let mut lease = now
         .mono_ns
         .saturating_add(policy.half_open_probe_timeout)
         .max(1);
+    let previous = rec.probes.get(slot).copied().unwrap_or(0);
+    while lease == previous || rec.probes.contains(&lease) {
+        lease = lease.saturating_add(1);
+    }
     *rec.probes.get_mut(slot)? = lease;
     Some(Ticket {
         generation: rec.generation,

@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod classify;
 pub mod config;
 pub mod duration;
+pub mod fault;
 pub mod pbstruct;
 pub mod routes;
 pub mod store;

@@ -2,9 +2,12 @@
 //! the bounded read-modify-write loop every change goes through.
 //!
 //! Envoy's store (proxy-wasm-cpp-host `shared_data.cc`) has sharp edges this module respects:
-//! - a `set` on a missing key ignores the CAS token and creates the key, so creation is not
-//!   atomic; the filter creates its keys at configure time, before traffic, and a record that
-//!   is missing later is treated as fresh (two workers racing to create it may lose one count);
+//! - a `set` with token 0 is unconditional, and a `set` on a missing key creates it whatever the
+//!   token. So this module never writes with token 0: a key it read as missing is written with
+//!   [`ABSENT_CAS`], which creates the key if it is still missing and fails as a mismatch if
+//!   another worker created it meanwhile. Creation still is not atomic when two workers both
+//!   create at once (the last write stands, with one count lost), which is why the filter
+//!   creates its keys at configure time, before traffic;
 //! - keys cannot be deleted, so they are fixed per configured or annotated route;
 //! - values survive a plugin reload on the same `vm_id`, so they carry a layout version and any
 //!   value that does not decode is treated as fresh and overwritten.
@@ -29,6 +32,11 @@ pub trait SharedStore {
     /// Writes if the key's token is still `cas` (0: unconditionally; a missing key is created).
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
 }
+
+/// The token written with when the key was read as missing. Any non-zero value works (Envoy
+/// creates a missing key whatever the token); one an existing key is unlikely to hold means a
+/// key created by another worker since our read makes the write fail, not overwrite it.
+pub const ABSENT_CAS: u32 = u32::MAX;
 
 /// Attempts before a read-modify-write gives up. Under Envoy's one global lock two workers
 /// rarely collide twice in a row; a loop that keeps losing means a storm, and waiting longer
@@ -86,8 +94,8 @@ pub fn update<S: SharedStore + ?Sized, T>(
     Err(UpdateError::Exhausted)
 }
 
-/// The record at `key` with its CAS token (0 when absent), and whether the stored bytes were
-/// unreadable.
+/// The record at `key` with the CAS token to write it back with ([`ABSENT_CAS`] when the key
+/// is missing), and whether the stored bytes were unreadable.
 pub fn load<S: SharedStore + ?Sized>(
     store: &S,
     key: &str,
@@ -97,7 +105,7 @@ pub fn load<S: SharedStore + ?Sized>(
             Some(record) => Ok((record, cas, false)),
             None => Ok((Record::default(), cas, true)),
         },
-        Ok(None) => Ok((Record::default(), 0, false)),
+        Ok(None) => Ok((Record::default(), ABSENT_CAS, false)),
         Err(StoreError::CasMismatch) => Err(UpdateError::Host(0)),
         Err(StoreError::Host(status)) => Err(UpdateError::Host(status)),
     }
@@ -108,12 +116,13 @@ pub fn load<S: SharedStore + ?Sized>(
 /// left alone.
 pub fn ensure<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<bool, UpdateError> {
     let (_, cas, was_corrupt) = load(store, key)?;
-    if cas != 0 && !was_corrupt {
+    if cas != ABSENT_CAS && !was_corrupt {
         return Ok(false);
     }
     match store.set(key, &Record::default().encode(), cas) {
+        Ok(()) => Ok(true),
         // Someone else created or fixed it between our read and write: theirs stands.
-        Ok(()) | Err(StoreError::CasMismatch) => Ok(cas == 0 || was_corrupt),
+        Err(StoreError::CasMismatch) => Ok(false),
         Err(StoreError::Host(status)) => Err(UpdateError::Host(status)),
     }
 }

@@ -244,7 +244,8 @@ fn probe_successes_close_the_breaker_at_half_open_success_threshold() {
     assert_eq!(b.record(until + 1, first, Outcome::Success), (None, true));
     assert_eq!(b.rec.state, State::HalfOpen);
     assert_eq!(b.rec.half_open_successes, 1);
-    assert_eq!(b.rec.probes, vec![0, until + 5 * S]);
+    // Two probes taken at the same instant hold distinct leases.
+    assert_eq!(b.rec.probes, vec![0, until + 5 * S + 1]);
     // Second success: CLOSED, with a clean slate.
     assert_eq!(
         b.record(until + 2, second, Outcome::Success).0,
@@ -334,7 +335,7 @@ fn an_ignored_probe_outcome_frees_its_slot_without_counting() {
     assert_eq!(b.record(until + 1, first, Outcome::Ignored), (None, true));
     assert_eq!(b.rec.state, State::HalfOpen);
     assert_eq!(b.rec.half_open_successes, 0);
-    assert_eq!(b.rec.probes, vec![0, until + 5 * S]);
+    assert_eq!(b.rec.probes, vec![0, until + 5 * S + 1]);
     assert_eq!(probe_of(b.allow(until + 2)).0, 0);
 }
 

@@ -230,6 +230,7 @@ fn route_metadata_of_an_unconfigured_route_lays_over_the_defaults() {
             enabled: false,
             ..s.defaults.circuit_breaker.clone()
         },
+        failure_injection: s.defaults.failure_injection.clone(),
     };
     assert_eq!(p, expected);
     assert_eq!(s.with_metadata("search", &json!({})).unwrap(), s.defaults);

@@ -29,6 +29,7 @@ fn with_threshold(base: &RoutePolicy, failure_threshold: u32) -> RoutePolicy {
             failure_threshold,
             ..base.circuit_breaker.clone()
         },
+        failure_injection: base.failure_injection.clone(),
     }
 }
 

@@ -85,6 +85,16 @@ extern "C" {
         return_buffer_size: *mut usize,
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
 }
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -139,6 +149,44 @@ pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
             OK => owned(data, size),
             _ => None,
         }
+    }
+}
+
+/// Removes a header (all its values); a missing header is not an error.
+pub fn remove_header(map: Map, name: &str) {
+    // SAFETY: pointer to a live borrow for the duration of the call.
+    unsafe {
+        proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len());
+    }
+}
+
+/// Writes Envoy filter state `wasm.<name>`, which access logs read with
+/// `%FILTER_STATE(wasm.<name>:PLAIN)%`. (A Wasm module cannot write dynamic metadata.)
+pub fn set_filter_state(name: &str, value: &str) {
+    // SAFETY: pointers to live borrows for the duration of the call.
+    unsafe {
+        proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
+    }
+}
+
+/// Makes `context_id` the stream later host calls apply to (from the root's tick).
+pub fn set_effective_context(context_id: u32) -> bool {
+    // SAFETY: plain value.
+    unsafe { proxy_set_effective_context(context_id) == OK }
+}
+
+/// Resumes the effective stream's paused request.
+pub fn resume_request() -> bool {
+    const HTTP_REQUEST: u32 = 0;
+    // SAFETY: plain value.
+    unsafe { proxy_continue_stream(HTTP_REQUEST) == OK }
+}
+
+/// Sets the calling VM's root tick period (from any of its contexts).
+pub fn set_tick_period_ms(period: u32) {
+    // SAFETY: plain value.
+    unsafe {
+        proxy_set_tick_period_milliseconds(period);
     }
 }
 

@@ -11,7 +11,6 @@ mod plugin;
 mod stream;
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use log::{error, info};
 use marty_resilience_core::config::Settings;
@@ -20,9 +19,6 @@ use proxy_wasm::types::{ContextType, LogLevel};
 
 use plugin::Plugin;
 use stream::Stream;
-
-/// Period of the housekeeping tick: how late, at most, an idle OPEN breaker shows HALF_OPEN.
-const TICK: Duration = Duration::from_millis(250);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -50,7 +46,7 @@ impl RootContext for Root {
                     settings.routes.len()
                 );
                 self.plugin = Some(Rc::new(Plugin::new(settings)));
-                self.set_tick_period(TICK);
+                host::set_tick_period_ms(plugin::TICK_MS);
                 true
             }
             Err(e) => {
@@ -67,9 +63,9 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let plugin = self.plugin.clone()?;
-        Some(Box::new(Stream::new(plugin)))
+        Some(Box::new(Stream::new(context_id, plugin)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -11,7 +11,7 @@
 use crate::host::{self, MetricKind};
 
 /// Per-route counter leaves, in documentation order.
-pub const ROUTE_COUNTERS: [&str; 8] = [
+pub const ROUTE_COUNTERS: [&str; 12] = [
     "requests_total",
     "success_total",
     "failure_total",
@@ -20,9 +20,13 @@ pub const ROUTE_COUNTERS: [&str; 8] = [
     "circuit_half_opened_total",
     "circuit_closed_total",
     "concurrency_rejected_total",
+    "faults_aborted_total",
+    "faults_delayed_total",
+    "faults_overflow_total",
+    "fault_header_rejected_total",
 ];
 
-pub const ROUTE_GAUGES: [&str; 2] = ["circuit_state", "active_requests"];
+pub const ROUTE_GAUGES: [&str; 3] = ["circuit_state", "active_requests", "active_faults"];
 
 /// Filter-wide counters: the filter's own health.
 pub const GLOBAL_COUNTERS: [&str; 4] = [
@@ -45,8 +49,13 @@ pub struct RouteMetrics {
     pub half_opened: Option<u32>,
     pub closed: Option<u32>,
     pub concurrency_rejected: Option<u32>,
+    pub faults_aborted: Option<u32>,
+    pub faults_delayed: Option<u32>,
+    pub faults_overflow: Option<u32>,
+    pub fault_header_rejected: Option<u32>,
     pub circuit_state: Option<u32>,
     pub active_requests: Option<u32>,
+    pub active_faults: Option<u32>,
 }
 
 impl RouteMetrics {
@@ -63,9 +72,9 @@ impl RouteMetrics {
                 &format!("{PREFIX}.route.{stat_name}.{leaf}"),
             )
         };
-        let [requests, success, failure, rejected, opened, half_opened, closed, concurrency_rejected] =
+        let [requests, success, failure, rejected, opened, half_opened, closed, concurrency_rejected, faults_aborted, faults_delayed, faults_overflow, fault_header_rejected] =
             ROUTE_COUNTERS.map(counter);
-        let [circuit_state, active_requests] = ROUTE_GAUGES.map(gauge);
+        let [circuit_state, active_requests, active_faults] = ROUTE_GAUGES.map(gauge);
         Self {
             requests,
             success,
@@ -75,8 +84,13 @@ impl RouteMetrics {
             half_opened,
             closed,
             concurrency_rejected,
+            faults_aborted,
+            faults_delayed,
+            faults_overflow,
+            fault_header_rejected,
             circuit_state,
             active_requests,
+            active_faults,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! buckets this VM has seen with their stat ids, and the route-name cache that lets a request
 //! resolve its route with one property read.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -12,6 +12,9 @@ use marty_resilience_core::config::{Settings, DEFAULT_ROUTE};
 use marty_resilience_core::routes::{resolve, Route};
 use marty_resilience_core::store::{self, UpdateError, Updated};
 use marty_resilience_core::{pbstruct, NANOS_PER_SEC};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::host::{self, HostStore};
 use crate::metrics::{inc, GlobalMetrics, RouteMetrics};
@@ -47,7 +50,58 @@ pub struct Plugin {
     pub globals: GlobalMetrics,
     buckets: RefCell<HashMap<String, Rc<Bucket>>>,
     by_route: RefCell<HashMap<String, Cached>>,
+    /// Stat names in use, by bucket: two buckets must not share one.
+    stat_names: RefCell<HashMap<String, String>>,
+    /// Requests held by an injected delay on this VM, resumed from the tick.
+    parked: RefCell<Vec<Parked>>,
+    last_housekeeping_ns: Cell<u64>,
+    rng: RefCell<SmallRng>,
 }
+
+/// A request held by an injected delay.
+pub struct Parked {
+    pub context_id: u32,
+    pub until_ns: u64,
+    /// Abort once the delay is over (a fault with both), instead of resuming.
+    pub then_abort: Option<AbortReply>,
+}
+
+/// The local reply of an injected abort.
+#[derive(Clone, Copy, Debug)]
+pub struct AbortReply {
+    pub http_status: u16,
+    /// Set for gRPC requests: the reply is then trailers-only with this status.
+    pub grpc_status: Option<u32>,
+}
+
+impl AbortReply {
+    /// Replies on the current (or effective) stream, marked `x-marty-fault: abort`.
+    pub fn send(self) -> bool {
+        const DETAILS: &str = "marty_fault_abort";
+        let headers = [("x-marty-fault", "abort")];
+        match self.grpc_status {
+            Some(code) => host::send_local_response(
+                200,
+                DETAILS,
+                b"fault injected by marty-resilience",
+                &headers,
+                i32::try_from(code).unwrap_or(14),
+            ),
+            None => host::send_local_response(
+                u32::from(self.http_status),
+                DETAILS,
+                b"fault injected by marty-resilience\n",
+                &[("x-marty-fault", "abort"), ("content-type", "text/plain")],
+                -1,
+            ),
+        }
+    }
+}
+
+/// Tick period while requests are held: the resolution of injected delays.
+pub const FAST_TICK_MS: u32 = 5;
+/// Tick period otherwise: breaker housekeeping.
+pub const TICK_MS: u32 = 250;
 
 pub fn now() -> Now {
     Now {
@@ -65,6 +119,14 @@ impl Plugin {
             globals: GlobalMetrics::define(),
             buckets: RefCell::new(HashMap::new()),
             by_route: RefCell::new(HashMap::new()),
+            stat_names: RefCell::new(HashMap::new()),
+            parked: RefCell::new(Vec::new()),
+            last_housekeeping_ns: Cell::new(0),
+            // Seeded from WASI `random_get` (Envoy's entropy); a fixed seed only if that fails.
+            rng: RefCell::new(
+                SmallRng::from_rng(rand::rngs::OsRng)
+                    .unwrap_or_else(|_| SmallRng::seed_from_u64(0x006d_6172_7479)),
+            ),
         };
         let mut initial = vec![Route::new(DEFAULT_ROUTE, plugin.settings.defaults.clone())];
         initial.extend(
@@ -90,6 +152,9 @@ impl Plugin {
             Ok(_) => {}
             Err(e) => self.store_failed(&route.key, e),
         }
+        self.stat_names
+            .borrow_mut()
+            .insert(route.stat_name.clone(), route.bucket.clone());
         let bucket = Rc::new(Bucket {
             metrics: RouteMetrics::define(&route.stat_name),
             view: RefCell::new(None),
@@ -98,6 +163,59 @@ impl Plugin {
         let name = bucket.route.borrow().bucket.clone();
         self.buckets.borrow_mut().insert(name, bucket.clone());
         bucket
+    }
+
+    /// The bucket already using `route`'s stat name, if it is another one.
+    fn stat_name_taken(&self, route: &Route) -> Option<String> {
+        self.stat_names
+            .borrow()
+            .get(&route.stat_name)
+            .filter(|bucket| **bucket != route.bucket)
+            .cloned()
+    }
+
+    /// A uniform draw in `[0, 1)`.
+    pub fn draw(&self) -> f64 {
+        self.rng.borrow_mut().gen::<f64>()
+    }
+
+    /// Holds a request until `until_ns`; the tick speeds up while anything is held.
+    pub fn park(&self, parked: Parked) {
+        self.parked.borrow_mut().push(parked);
+        host::set_tick_period_ms(FAST_TICK_MS);
+    }
+
+    /// Forgets a held request whose stream ended: it must never be resumed.
+    pub fn unpark(&self, context_id: u32) {
+        self.parked
+            .borrow_mut()
+            .retain(|parked| parked.context_id != context_id);
+    }
+
+    /// Resumes (or aborts) every held request whose delay is over.
+    fn release_due(&self, now_ns: u64) {
+        let due: Vec<Parked> = {
+            let mut parked = self.parked.borrow_mut();
+            let (due, waiting) = parked.drain(..).partition(|p| p.until_ns <= now_ns);
+            *parked = waiting;
+            due
+        };
+        for parked in due {
+            if !host::set_effective_context(parked.context_id) {
+                continue;
+            }
+            match parked.then_abort {
+                Some(reply) => {
+                    reply.send();
+                }
+                None => {
+                    host::resume_request();
+                }
+            }
+        }
+        if self.parked.borrow().is_empty() {
+            host::set_tick_period_ms(TICK_MS);
+        }
     }
 
     /// Resolves the Envoy route `name` (empty for unnamed routes) to its bucket.
@@ -125,10 +243,18 @@ impl Plugin {
             }
             None => None,
         };
-        let resolution = resolve(&self.settings, name, decoded.as_ref());
+        let mut resolution = resolve(&self.settings, name, decoded.as_ref());
         if let Some(err) = resolution.metadata_error {
             error!("route {name}: route metadata rejected, plugin configuration applies: {err}");
             inc(self.globals.route_config_rejected);
+        }
+        if let Some(other) = self.stat_name_taken(&resolution.route) {
+            error!(
+                "route {name}: its stat name {:?} is already used by route {other:?}; route metadata ignored",
+                resolution.route.stat_name
+            );
+            inc(self.globals.route_config_rejected);
+            resolution = resolve(&self.settings, name, None);
         }
         let bucket = self.bucket(resolution.route);
         let mut cache = self.by_route.borrow_mut();
@@ -194,6 +320,12 @@ impl Plugin {
     /// re-recorded from the shared record.
     pub fn tick(&self) {
         let now = now();
+        self.release_due(now.mono_ns);
+        let since = now.mono_ns.saturating_sub(self.last_housekeeping_ns.get());
+        if since < u64::from(TICK_MS) * 1_000_000 {
+            return;
+        }
+        self.last_housekeeping_ns.set(now.mono_ns);
         let buckets: Vec<Rc<Bucket>> = self.buckets.borrow().values().cloned().collect();
         for bucket in buckets {
             let policy = bucket.route.borrow().policy.circuit_breaker.clone();

@@ -1,22 +1,26 @@
-//! One HTTP stream: admit or reject on the request headers, watch the response, and report the
-//! outcome when the stream ends. Host reads are kept to what the decision needs: the route name
-//! per request, `:status` per response, `grpc-status` only where gRPC puts it, and Envoy's
-//! response flags only when the status alone is not conclusive.
+//! One HTTP stream: on the request headers, inject a fault or not, then admit or reject; watch
+//! the response, and report the outcome when the stream ends. Host reads are kept to what the
+//! decision needs: the route name per request, `:status` per response, `grpc-status` only where
+//! gRPC puts it, Envoy's response flags only when the status alone is not conclusive, and the
+//! fault triggers only on routes where fault injection is enabled.
 
 use std::rc::Rc;
 
 use log::debug;
 use marty_resilience_core::breaker::{self, Decision, Outcome, State, Ticket};
 use marty_resilience_core::classify::{classify, needs_flags, Response};
+use marty_resilience_core::fault::header::{self as trigger, Spec};
+use marty_resilience_core::fault::{self, Draws, Fault, FaultPolicy, Trigger, TOKEN_HEADER};
 use marty_resilience_core::NANOS_PER_SEC;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::host::{self, Map};
 use crate::metrics::inc;
-use crate::plugin::{now, Bucket, Plugin};
+use crate::plugin::{now, AbortReply, Bucket, Parked, Plugin, NAMESPACE};
 
 pub struct Stream {
+    context_id: u32,
     plugin: Rc<Plugin>,
     bucket: Option<Rc<Bucket>>,
     /// Present while the request counts toward the breaker.
@@ -24,22 +28,29 @@ pub struct Stream {
     /// The request holds a slot of `active_requests`.
     active: bool,
     response: Response,
+    /// The request holds a slot of `active_faults`.
+    fault_active: bool,
+    /// The request is held by an injected delay.
+    parked: bool,
     finished: bool,
 }
 
 impl Stream {
-    pub fn new(plugin: Rc<Plugin>) -> Self {
+    pub fn new(context_id: u32, plugin: Rc<Plugin>) -> Self {
         Self {
+            context_id,
             plugin,
             bucket: None,
             ticket: None,
             active: false,
             response: Response::default(),
+            fault_active: false,
+            parked: false,
             finished: false,
         }
     }
 
-    fn admit(&mut self) -> Action {
+    fn on_request(&mut self) -> Action {
         let now = now();
         let route_name = host::property(&["xds", "route_name"])
             .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -48,13 +59,195 @@ impl Stream {
         self.bucket = Some(bucket.clone());
         inc(bucket.metrics.requests);
 
+        let faults = bucket.route.borrow().policy.failure_injection.clone();
+        let fault = if faults.enabled {
+            self.choose_fault(&bucket, &faults)
+        } else {
+            None
+        };
+        let delay = match fault {
+            // An aborted request never reaches the upstream, so it never meets the breaker.
+            Some(Fault {
+                abort: Some(abort),
+                delay,
+                ..
+            }) => {
+                let reply = AbortReply {
+                    http_status: abort.http_status,
+                    grpc_status: is_grpc().then_some(abort.grpc_status),
+                };
+                return match delay {
+                    Some(nanos) => self.hold(now.mono_ns, nanos, Some(reply)),
+                    None if reply.send() => Action::Pause,
+                    None => Action::Continue,
+                };
+            }
+            Some(Fault { delay, .. }) => delay,
+            None => None,
+        };
+        match self.admit(&bucket, now) {
+            Action::Continue => match delay {
+                Some(nanos) => self.hold(now.mono_ns, nanos, None),
+                None => Action::Continue,
+            },
+            rejected => rejected,
+        }
+    }
+
+    /// Holds the request for `nanos`, then resumes it (or sends `then_abort`) from the tick.
+    fn hold(&mut self, now_ns: u64, nanos: u64, then_abort: Option<AbortReply>) -> Action {
+        self.plugin.park(Parked {
+            context_id: self.context_id,
+            until_ns: now_ns.saturating_add(nanos),
+            then_abort,
+        });
+        self.parked = true;
+        Action::Pause
+    }
+
+    /// Reads the triggers, decides, and takes a slot of `max_active_faults`. Counts and
+    /// records (filter state) the fault it returns.
+    fn choose_fault(&mut self, bucket: &Bucket, policy: &FaultPolicy) -> Option<Fault> {
+        let route = bucket.route.borrow().bucket.clone();
+        let requested = self.requested_fault(bucket, policy, &route);
+        let needs_path = !policy.method_specific_rates.is_empty()
+            && !matches!(requested, Some((Spec::Custom(_), _)));
+        let path = if needs_path {
+            host::header(Map::RequestHeaders, ":path")
+                .and_then(|p| String::from_utf8(p).ok())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let draws = Draws {
+            abort: self.plugin.draw(),
+            delay: self.plugin.draw(),
+        };
+        let fault = fault::decide(policy, &path, requested, draws)?;
+
+        // Take a slot first, then check: racing workers can only under-inject (as for
+        // max_concurrent_requests). Counted only when a fault would have been injected.
+        host::increment_metric(bucket.metrics.active_faults, 1);
+        if policy.max_active_faults > 0 {
+            let active = host::get_metric(bucket.metrics.active_faults).unwrap_or(0);
+            if active > u64::from(policy.max_active_faults) {
+                host::increment_metric(bucket.metrics.active_faults, -1);
+                inc(bucket.metrics.faults_overflow);
+                debug!("route {route}: fault not injected, max_active_faults reached");
+                return None;
+            }
+        }
+        self.fault_active = true;
+        let kind = if fault.abort.is_some() {
+            inc(bucket.metrics.faults_aborted);
+            "abort"
+        } else {
+            "delay"
+        };
+        if fault.delay.is_some() {
+            inc(bucket.metrics.faults_delayed);
+        }
+        host::set_filter_state("marty.resilience.fault", kind);
+        host::set_filter_state("marty.resilience.fault_trigger", fault.trigger.name());
+        debug!("route {route}: injecting {kind} ({})", fault.trigger.name());
+        Some(fault)
+    }
+
+    /// The fault a trigger asks for: the `failure_inject` dynamic metadata (set by the
+    /// operator's chain, trusted), else the trigger header (honoured only where enabled and
+    /// with its token). Strips the header and token on the way.
+    fn requested_fault(
+        &self,
+        bucket: &Bucket,
+        policy: &FaultPolicy,
+        route: &str,
+    ) -> Option<(Spec, Trigger)> {
+        let mut requested = None;
+        if let Some(value) =
+            host::property(&["metadata", "filter_metadata", NAMESPACE, "failure_inject"])
+        {
+            match trigger::parse(&value) {
+                Ok(spec) => requested = Some((spec, Trigger::Metadata)),
+                Err(invalid) => {
+                    inc(bucket.metrics.fault_header_rejected);
+                    debug!(
+                        "route {route}: failure_inject metadata ignored: {}",
+                        invalid.reason()
+                    );
+                }
+            }
+        }
+
+        let trigger = &policy.header_trigger;
+        if trigger.token.is_some() {
+            // The token never travels upstream, whether or not it was right.
+            let presented = host::header(Map::RequestHeaders, TOKEN_HEADER);
+            host::remove_header(Map::RequestHeaders, TOKEN_HEADER);
+            if let Some(value) = host::header(Map::RequestHeaders, &trigger.header) {
+                let accepted =
+                    self.header_fault(bucket, policy, route, &value, presented.as_deref());
+                self.strip_trigger(trigger.propagate && accepted.is_some(), &trigger.header);
+                return requested.or(accepted);
+            }
+            return requested;
+        }
+        if let Some(value) = host::header(Map::RequestHeaders, &trigger.header) {
+            let accepted = self.header_fault(bucket, policy, route, &value, None);
+            self.strip_trigger(trigger.propagate && accepted.is_some(), &trigger.header);
+            return requested.or(accepted);
+        }
+        requested
+    }
+
+    fn strip_trigger(&self, keep: bool, header: &str) {
+        if !keep {
+            host::remove_header(Map::RequestHeaders, header);
+        }
+    }
+
+    /// Validates a trigger header. Every refusal is counted and logged at debug with a reason
+    /// from a fixed set (never the value).
+    fn header_fault(
+        &self,
+        bucket: &Bucket,
+        policy: &FaultPolicy,
+        route: &str,
+        value: &[u8],
+        presented_token: Option<&[u8]>,
+    ) -> Option<(Spec, Trigger)> {
+        let trigger = &policy.header_trigger;
+        let refused = |reason: &str| {
+            inc(bucket.metrics.fault_header_rejected);
+            debug!("route {route}: {} header ignored: {reason}", trigger.header);
+            None
+        };
+        if !trigger.enabled {
+            return refused("the header trigger is not enabled on this route");
+        }
+        if let Some(expected) = &trigger.token {
+            match presented_token {
+                None => return refused("missing x-failure-inject-token"),
+                Some(token) if !trigger::token_matches(token, expected.as_bytes()) => {
+                    return refused("wrong x-failure-inject-token")
+                }
+                Some(_) => {}
+            }
+        }
+        match trigger::parse(value) {
+            Ok(spec) => Some((spec, Trigger::Header)),
+            Err(invalid) => refused(invalid.reason()),
+        }
+    }
+
+    /// The breaker's admission; `Continue` when the request may go upstream.
+    fn admit(&mut self, bucket: &Rc<Bucket>, now: breaker::Now) -> Action {
         let policy = bucket.route.borrow().policy.circuit_breaker.clone();
         if !policy.enabled {
             return Action::Continue;
         }
         let decision = match self
             .plugin
-            .update(&bucket, |rec| breaker::admit(rec, &policy, now))
+            .update(bucket, |rec| breaker::admit(rec, &policy, now))
         {
             Ok(step) => step.result,
             // Shared state unavailable: let the request through untracked (fail open).
@@ -73,7 +266,7 @@ impl Stream {
                     if in_flight > u64::from(policy.max_concurrent_requests) {
                         self.release(Outcome::Ignored);
                         inc(bucket.metrics.concurrency_rejected);
-                        return self.reject(&bucket, RejectReason::Concurrency, 0);
+                        return self.reject(bucket, RejectReason::Concurrency, 0);
                     }
                 }
                 Action::Continue
@@ -87,7 +280,7 @@ impl Stream {
                 } else {
                     RejectReason::Open
                 };
-                self.reject(&bucket, reason, retry_after_ns)
+                self.reject(bucket, reason, retry_after_ns)
             }
         }
     }
@@ -102,9 +295,7 @@ impl Stream {
             .div_ceil(NANOS_PER_SEC / 1000)
             .max(1)
             .to_string();
-        let is_grpc = host::header(Map::RequestHeaders, "content-type")
-            .is_some_and(|ct| ct.starts_with(b"application/grpc"));
-        let sent = if is_grpc {
+        let sent = if is_grpc() {
             host::send_local_response(
                 200,
                 reason.details(),
@@ -173,9 +364,16 @@ impl Stream {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        if std::mem::take(&mut self.parked) {
+            // The stream ended while held (the client left): it must never be resumed.
+            self.plugin.unpark(self.context_id);
+        }
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
+        if std::mem::take(&mut self.fault_active) {
+            host::increment_metric(bucket.metrics.active_faults, -1);
+        }
         if self.ticket.is_none() {
             self.release(Outcome::Ignored);
             return;
@@ -225,6 +423,12 @@ impl RejectReason {
     }
 }
 
+/// gRPC requests get gRPC replies. Read only when the filter replies itself.
+fn is_grpc() -> bool {
+    host::header(Map::RequestHeaders, "content-type")
+        .is_some_and(|ct| ct.starts_with(b"application/grpc"))
+}
+
 fn parse_u32(bytes: &[u8]) -> Option<u32> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
@@ -238,7 +442,7 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        self.admit()
+        self.on_request()
     }
 
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {

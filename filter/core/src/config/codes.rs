@@ -57,16 +57,13 @@ impl StatusSet {
             let item_path = format!("{path}[{i}]");
             match item {
                 Value::Number(_) => set.codes.push(http_code(item, &item_path)?),
-                Value::String(text) => {
-                    let lower = text.to_ascii_lowercase();
-                    match lower.as_bytes() {
-                        [digit @ b'1'..=b'5', b'x', b'x'] => set.classes |= 1 << (digit - b'0'),
-                        _ => match lower.parse::<u16>() {
-                            Ok(code) if (100..=599).contains(&code) => set.codes.push(code),
-                            _ => return Err(expected(&item_path, WHAT, item)),
-                        },
-                    }
-                }
+                Value::String(text) => match text.to_ascii_lowercase().as_bytes() {
+                    [digit @ b'1'..=b'5', b'x', b'x'] => set.classes |= 1 << (digit - b'0'),
+                    [a @ b'1'..=b'5', b @ b'0'..=b'9', c @ b'0'..=b'9'] => set.codes.push(
+                        u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
+                    ),
+                    _ => return Err(expected(&item_path, WHAT, item)),
+                },
                 _ => return Err(expected(&item_path, WHAT, item)),
             }
         }
@@ -75,9 +72,8 @@ impl StatusSet {
 }
 
 fn http_code(value: &Value, path: &str) -> Result<u16, ConfigError> {
-    value
-        .as_u64()
-        .filter(|code| (100..=599).contains(code))
+    super::json::integer(value, path, 100, 599)
+        .ok()
         .and_then(|code| u16::try_from(code).ok())
         .ok_or_else(|| expected(path, "an HTTP status code (100-599)", value))
 }
@@ -106,8 +102,8 @@ pub const GRPC_STATUS_NAMES: [&str; 17] = [
 /// Parses a gRPC status given by canonical name (any case) or number 0..=16.
 pub fn grpc_code(text: &str) -> Option<u32> {
     let text = text.trim();
-    if let Ok(n) = text.parse::<u32>() {
-        return (n <= 16).then_some(n);
+    if !text.is_empty() && text.len() <= 2 && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u32>().ok().filter(|n| *n <= 16);
     }
     GRPC_STATUS_NAMES
         .iter()
@@ -152,7 +148,9 @@ impl GrpcSet {
             .enumerate()
         {
             let code = match item {
-                Value::Number(n) => n.as_u64().filter(|n| *n <= 16).map(|n| n as u32),
+                Value::Number(_) => super::json::integer(item, path, 0, 16)
+                    .ok()
+                    .map(|n| n as u32),
                 Value::String(s) => grpc_code(s),
                 _ => None,
             };

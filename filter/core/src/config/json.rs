@@ -84,6 +84,12 @@ pub fn integer(value: &Value, path: &str, min: u64, max: u64) -> Result<u64, Con
     });
     match as_int {
         Some(n) if n >= min && n <= max => Ok(n),
+        // Too large for the field: say where the ceiling is, not just the floor.
+        Some(n) if n > max => Err(expected(
+            path,
+            &format!("an integer between {min} and {max}"),
+            value,
+        )),
         _ => Err(expected(path, &what, value)),
     }
 }
@@ -93,7 +99,7 @@ pub fn integer_u32(value: &Value, path: &str, min: u32, max: u32) -> Result<u32,
     u32::try_from(n).map_err(|_| expected(path, "a 32-bit integer", value))
 }
 
-/// A duration: seconds as a number, or a string with a unit. `min_exclusive_zero` rejects 0.
+/// A duration: seconds as a number, or a string with a unit; 0 only when `allow_zero`.
 pub fn duration_nanos(value: &Value, path: &str, allow_zero: bool) -> Result<u64, ConfigError> {
     let what = if allow_zero {
         "a duration >= 0 (seconds as a number, or a string like \"250ms\" or \"30s\"; at most 1 day)"

@@ -8,6 +8,7 @@
 
 mod breaker;
 pub mod codes;
+mod fault;
 mod json;
 mod presets;
 
@@ -18,6 +19,9 @@ use serde_json::{Map, Value};
 
 pub use breaker::{BreakerPatch, BreakerPolicy, MAX_HALF_OPEN_REQUESTS};
 pub use codes::{GrpcSet, StatusSet};
+pub use fault::{FaultPatch, MAX_METHOD_RATES};
+
+use crate::fault::FaultPolicy;
 pub use presets::Environment;
 
 use json::{err, expected, join, object, string, unknown_field};
@@ -46,12 +50,24 @@ impl std::error::Error for ConfigError {}
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutePolicy {
     pub circuit_breaker: BreakerPolicy,
+    pub failure_injection: FaultPolicy,
+}
+
+impl RoutePolicy {
+    /// The resolved policy as configuration would write it (reports, round trips).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "circuit_breaker": self.circuit_breaker.to_json(),
+            "failure_injection": fault::to_json(&self.failure_injection),
+        })
+    }
 }
 
 /// One layer's partial route settings (a `routes` entry, a metadata entry, the top level).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoutePatch {
     pub circuit_breaker: BreakerPatch,
+    pub failure_injection: FaultPatch,
 }
 
 const ROUTE_FIELDS: &[&str] = &["circuit_breaker", "retry", "failure_injection"];
@@ -87,9 +103,14 @@ impl RoutePatch {
                         patch.circuit_breaker.set(field, v, &join(&path, field))?;
                     }
                 }
-                // The retry and fault-injection sections are reserved: their fields arrive with
-                // the features, and until then any field is rejected rather than ignored.
-                "retry" | "failure_injection" => {
+                "failure_injection" => {
+                    for (field, v) in object(value, &path)? {
+                        patch.failure_injection.set(field, v, &join(&path, field))?;
+                    }
+                }
+                // The retry section is reserved: its fields arrive with the feature, and until
+                // then any field is rejected rather than ignored.
+                "retry" => {
                     if let Some(field) = object(value, &path)?.keys().next() {
                         return Err(unknown_field(&join(&path, field), &[]));
                     }
@@ -108,6 +129,7 @@ impl RoutePatch {
 
     pub fn apply(&self, policy: &mut RoutePolicy) {
         self.circuit_breaker.apply(&mut policy.circuit_breaker);
+        self.failure_injection.apply(&mut policy.failure_injection);
     }
 }
 
@@ -120,6 +142,9 @@ pub struct Settings {
     pub defaults: RoutePolicy,
     /// Routes named in the plugin JSON, by Envoy route name, fully resolved.
     pub routes: BTreeMap<String, RoutePolicy>,
+    /// `MARTY_FAILURE_INJECTION`: switches injection on (or off) on every route, whatever the
+    /// layers below say.
+    pub injection_switch: Option<bool>,
 }
 
 impl Settings {
@@ -136,21 +161,22 @@ impl Settings {
         };
         let map = object(&root, "(configuration)")?;
 
+        // The JSON's own values are checked even where a variable overrides them.
+        let json_environment = match map.get("environment") {
+            Some(v) => Some(Environment::parse(v, "environment")?),
+            None => None,
+        };
+        let json_service_name = match map.get("service_name") {
+            Some(v) => Some(string(v, "service_name")?),
+            None => None,
+        };
         let env = EnvOverlay::parse(env)?;
-        let environment = match env.environment {
-            Some(e) => e,
-            None => match map.get("environment") {
-                Some(v) => Environment::parse(v, "environment")?,
-                None => Environment::default(),
-            },
-        };
-        let service_name = match env.service_name.clone() {
-            Some(name) => name,
-            None => match map.get("service_name") {
-                Some(v) => string(v, "service_name")?,
-                None => String::new(),
-            },
-        };
+        let environment = env.environment.or(json_environment).unwrap_or_default();
+        let service_name = env
+            .service_name
+            .clone()
+            .or(json_service_name)
+            .unwrap_or_default();
 
         let top = RoutePatch::parse_sections(
             map,
@@ -161,6 +187,7 @@ impl Settings {
         let mut defaults = environment.preset();
         top.apply(&mut defaults);
         env.patch.apply(&mut defaults);
+        let injection_switch = env.injection_switch;
 
         let mut routes = BTreeMap::new();
         if let Some(value) = map.get("routes") {
@@ -179,15 +206,18 @@ impl Settings {
                 }
                 let mut policy = defaults.clone();
                 RoutePatch::parse(entry, &path)?.apply(&mut policy);
+                switch_injection(&mut policy, injection_switch);
                 routes.insert(name.clone(), policy);
             }
         }
+        switch_injection(&mut defaults, injection_switch);
 
         Ok(Self {
             service_name,
             environment,
             defaults,
             routes,
+            injection_switch,
         })
     }
 
@@ -201,7 +231,25 @@ impl Settings {
             .cloned()
             .unwrap_or_else(|| self.defaults.clone());
         patch.apply(&mut policy);
+        switch_injection(&mut policy, self.injection_switch);
         Ok(policy)
+    }
+}
+
+/// Applies `MARTY_FAILURE_INJECTION` last, over every layer. Faults it turns on are reported
+/// with the trigger `env`.
+fn switch_injection(policy: &mut RoutePolicy, switch: Option<bool>) {
+    let fault = &mut policy.failure_injection;
+    match switch {
+        Some(true) if !fault.enabled => {
+            fault.enabled = true;
+            fault.enabled_by_env = true;
+        }
+        Some(false) => {
+            fault.enabled = false;
+            fault.enabled_by_env = false;
+        }
+        _ => {}
     }
 }
 
@@ -240,54 +288,116 @@ pub fn stat_name(route: &str) -> String {
         .collect()
 }
 
-/// What the `MARTY_RESILIENCE_*` variables of the VM say.
+/// What the `MARTY_RESILIENCE_*` (and Marty's `MARTY_FAILURE_INJECTION*`) variables of the VM
+/// say.
 #[derive(Default)]
 struct EnvOverlay {
     service_name: Option<String>,
     environment: Option<Environment>,
     patch: RoutePatch,
+    injection_switch: Option<bool>,
 }
 
 const ENV_PREFIX: &str = "MARTY_RESILIENCE_";
+
+/// Nested `failure_injection` objects, as variable-name prefixes.
+const FAULT_NESTED: &[(&str, &str)] = &[
+    ("ABORT_", "abort"),
+    ("DELAY_", "delay"),
+    ("HEADER_TRIGGER_", "header_trigger"),
+];
 
 impl EnvOverlay {
     fn parse(env: &[(String, String)]) -> Result<Self, ConfigError> {
         let mut overlay = Self::default();
         for (name, raw) in env {
+            match name.as_str() {
+                "MARTY_FAILURE_INJECTION" => {
+                    overlay.injection_switch =
+                        Some(match raw.trim().to_ascii_lowercase().as_str() {
+                            "enabled" | "true" | "1" | "on" => true,
+                            "disabled" | "false" | "0" | "off" => false,
+                            _ => {
+                                return Err(expected(
+                                    name,
+                                    "\"enabled\" or \"disabled\"",
+                                    &Value::from(raw.as_str()),
+                                ))
+                            }
+                        });
+                    continue;
+                }
+                "MARTY_FAILURE_INJECTION_RATE" => {
+                    overlay.patch.failure_injection.set(
+                        "base_failure_rate",
+                        &env_value(raw),
+                        name,
+                    )?;
+                    continue;
+                }
+                _ => {}
+            }
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let value = env_value(raw);
             match rest {
                 "SERVICE_NAME" => overlay.service_name = Some(raw.clone()),
                 "ENVIRONMENT" => {
                     overlay.environment =
                         Some(Environment::parse(&Value::from(raw.as_str()), name)?)
                 }
-                _ => {
-                    if let Some(field) = rest.strip_prefix("CIRCUIT_BREAKER_") {
-                        let field = field.to_ascii_lowercase();
-                        let value = if breaker::LIST_FIELDS.contains(&field.as_str()) {
-                            env_list(raw)
-                        } else {
-                            value
-                        };
-                        overlay.patch.circuit_breaker.set(&field, &value, name)?;
-                    } else if rest.starts_with("RETRY_") || rest.starts_with("FAILURE_INJECTION_") {
-                        return Err(err(
-                            name,
-                            "unknown variable (this version of the filter has no retry or failure_injection fields yet)",
-                        ));
-                    } else {
-                        return Err(err(
-                            name,
-                            "unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, MARTY_RESILIENCE_ENVIRONMENT or MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD>",
-                        ));
-                    }
-                }
+                _ => overlay.set_field(name, rest, raw)?,
             }
         }
         Ok(overlay)
+    }
+
+    /// `CIRCUIT_BREAKER_<FIELD>` or `FAILURE_INJECTION_[<OBJECT>_]<FIELD>`, upper case.
+    fn set_field(&mut self, name: &str, rest: &str, raw: &str) -> Result<(), ConfigError> {
+        let upper = rest
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if upper {
+            if let Some(field) = rest.strip_prefix("CIRCUIT_BREAKER_") {
+                let field = field.to_ascii_lowercase();
+                if breaker::FIELDS.contains(&field.as_str()) {
+                    let value = if breaker::LIST_FIELDS.contains(&field.as_str()) {
+                        env_list(raw)
+                    } else {
+                        env_value(raw)
+                    };
+                    return self.patch.circuit_breaker.set(&field, &value, name);
+                }
+            } else if let Some(field) = rest.strip_prefix("FAILURE_INJECTION_") {
+                let fault = &mut self.patch.failure_injection;
+                for (prefix, object) in FAULT_NESTED {
+                    if let Some(inner) = field.strip_prefix(prefix) {
+                        let inner = inner.to_ascii_lowercase();
+                        // Names and tokens are text even when they look like numbers.
+                        let value = if matches!(inner.as_str(), "header" | "token") {
+                            Value::from(raw)
+                        } else {
+                            env_value(raw)
+                        };
+                        return match *object {
+                            "abort" => fault.set_abort(&inner, &value, name),
+                            "delay" => fault.set_delay(&inner, &value, name),
+                            _ => fault.set_header(&inner, &value, name),
+                        };
+                    }
+                }
+                let field = field.to_ascii_lowercase();
+                if !matches!(field.as_str(), "abort" | "delay" | "header_trigger") {
+                    return fault.set(&field, &env_value(raw), name);
+                }
+            }
+        }
+        Err(err(
+            name,
+            "unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, MARTY_RESILIENCE_ENVIRONMENT, \
+             MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD> or MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD> \
+             (fields in upper case, as in docs/configuration.md)",
+        ))
     }
 }
 

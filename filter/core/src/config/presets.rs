@@ -69,6 +69,10 @@ impl Environment {
                 ..production
             },
         };
-        RoutePolicy { circuit_breaker }
+        RoutePolicy {
+            circuit_breaker,
+            // Fault injection is off in every environment: it is on only where configured.
+            failure_injection: super::fault::default_policy(),
+        }
     }
 }
