@@ -16,6 +16,7 @@ pub mod classify;
 pub mod config;
 pub mod duration;
 pub mod fault;
+pub mod health;
 pub mod pbstruct;
 pub mod routes;
 pub mod store;

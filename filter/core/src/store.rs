@@ -127,6 +127,52 @@ pub fn ensure<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<bool, Upd
     }
 }
 
+/// Key of the list of every bucket any worker has created (newline-separated names), so the
+/// health endpoint of any worker can report routes another worker first saw.
+pub const ROUTES_KEY: &str = "marty.resilience/v1/routes";
+
+/// Most buckets listed; names come from the operator's route configuration.
+pub const MAX_REGISTERED_ROUTES: usize = 1024;
+
+/// Adds `bucket` to the shared route list (idempotent, bounded).
+pub fn register<S: SharedStore + ?Sized>(store: &S, bucket: &str) -> Result<(), UpdateError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (mut names, cas) = match store.get(ROUTES_KEY) {
+            Ok(Some((bytes, cas))) => (split_names(&bytes), cas),
+            Ok(None) => (Vec::new(), ABSENT_CAS),
+            Err(StoreError::Host(status)) => return Err(UpdateError::Host(status)),
+            Err(StoreError::CasMismatch) => return Err(UpdateError::Host(0)),
+        };
+        if names.iter().any(|n| n == bucket) || names.len() >= MAX_REGISTERED_ROUTES {
+            return Ok(());
+        }
+        names.push(bucket.to_string());
+        match store.set(ROUTES_KEY, names.join("\n").as_bytes(), cas) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Host(status)) => return Err(UpdateError::Host(status)),
+        }
+    }
+    Err(UpdateError::Exhausted)
+}
+
+/// Every bucket in the shared route list.
+pub fn registered<S: SharedStore + ?Sized>(store: &S) -> Vec<String> {
+    match store.get(ROUTES_KEY) {
+        Ok(Some((bytes, _))) => split_names(&bytes),
+        _ => Vec::new(),
+    }
+}
+
+fn split_names(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .split('\n')
+        .filter(|n| !n.is_empty())
+        .take(MAX_REGISTERED_ROUTES)
+        .map(str::to_string)
+        .collect()
+}
+
 /// The shared-data key of a route's breaker. Versioned so that a future layout can live beside
 /// this one during a rolling reload.
 pub fn breaker_key(route: &str) -> String {

@@ -5,6 +5,7 @@
 //! proxy shared data under the plugin's `vm_id`; counters and gauges are Envoy stats, shared
 //! by name across VMs.
 
+mod health;
 mod host;
 mod metrics;
 mod plugin;

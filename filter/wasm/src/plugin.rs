@@ -148,9 +148,11 @@ impl Plugin {
             *bucket.route.borrow_mut() = Rc::new(route);
             return bucket.clone();
         }
-        match store::ensure(&HostStore, &route.key) {
-            Ok(_) => {}
-            Err(e) => self.store_failed(&route.key, e),
+        if let Err(e) = store::ensure(&HostStore, &route.key) {
+            self.store_failed(&route.key, e);
+        }
+        if let Err(e) = store::register(&HostStore, &route.bucket) {
+            self.store_failed(store::ROUTES_KEY, e);
         }
         self.stat_names
             .borrow_mut()
@@ -163,6 +165,42 @@ impl Plugin {
         let name = bucket.route.borrow().bucket.clone();
         self.buckets.borrow_mut().insert(name, bucket.clone());
         bucket
+    }
+
+    pub fn bucket_names(&self) -> Vec<String> {
+        self.buckets.borrow().keys().cloned().collect()
+    }
+
+    /// The policy this VM resolved for a bucket, if it knows the bucket.
+    pub fn bucket_policy(
+        &self,
+        name: &str,
+    ) -> Option<Rc<marty_resilience_core::config::RoutePolicy>> {
+        self.buckets
+            .borrow()
+            .get(name)
+            .map(|b| Rc::new(b.route.borrow().policy.clone()))
+    }
+
+    /// The bucket's in-flight gauge, read from Envoy (shared by every worker).
+    pub fn active_requests(&self, name: &str) -> u64 {
+        let known = self
+            .buckets
+            .borrow()
+            .get(name)
+            .map(|b| b.metrics.active_requests);
+        let id = known.unwrap_or_else(|| {
+            // A bucket only another worker created: its gauge is the same Envoy stat.
+            host::define_metric(
+                host::MetricKind::Gauge,
+                &format!(
+                    "{}.route.{}.active_requests",
+                    crate::metrics::PREFIX,
+                    marty_resilience_core::config::stat_name(name)
+                ),
+            )
+        });
+        host::get_metric(id).unwrap_or(0)
     }
 
     /// The bucket already using `route`'s stat name, if it is another one.

@@ -15,6 +15,7 @@ use marty_resilience_core::NANOS_PER_SEC;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::health;
 use crate::host::{self, Map};
 use crate::metrics::inc;
 use crate::plugin::{now, AbortReply, Bucket, Parked, Plugin, NAMESPACE};
@@ -32,6 +33,8 @@ pub struct Stream {
     fault_active: bool,
     /// The request is held by an injected delay.
     parked: bool,
+    /// `:path`, when something already needed it.
+    path: Option<String>,
     finished: bool,
 }
 
@@ -46,6 +49,7 @@ impl Stream {
             response: Response::default(),
             fault_active: false,
             parked: false,
+            path: None,
             finished: false,
         }
     }
@@ -55,6 +59,14 @@ impl Stream {
         let route_name = host::property(&["xds", "route_name"])
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default();
+        if self.plugin.settings.health.enabled {
+            // Only here does every request pay for reading its path.
+            let path = request_path();
+            if let Some(endpoint) = health::endpoint(&self.plugin.settings.health, &path) {
+                return health::answer(&self.plugin, endpoint);
+            }
+            self.path = Some(path);
+        }
         let bucket = self.plugin.resolve(&route_name, now.mono_ns);
         self.bucket = Some(bucket.clone());
         inc(bucket.metrics.requests);
@@ -112,12 +124,10 @@ impl Stream {
         let requested = self.requested_fault(bucket, policy, &route);
         let needs_path = !policy.method_specific_rates.is_empty()
             && !matches!(requested, Some((Spec::Custom(_), _)));
-        let path = if needs_path {
-            host::header(Map::RequestHeaders, ":path")
-                .and_then(|p| String::from_utf8(p).ok())
-                .unwrap_or_default()
-        } else {
-            String::new()
+        let path = match &self.path {
+            Some(path) => path.clone(),
+            None if needs_path => request_path(),
+            None => String::new(),
         };
         let draws = Draws {
             abort: self.plugin.draw(),
@@ -421,6 +431,12 @@ impl RejectReason {
             Self::Concurrency => "closed",
         }
     }
+}
+
+fn request_path() -> String {
+    host::header(Map::RequestHeaders, ":path")
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .unwrap_or_default()
 }
 
 /// gRPC requests get gRPC replies. Read only when the filter replies itself.

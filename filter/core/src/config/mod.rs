@@ -22,6 +22,7 @@ pub use codes::{GrpcSet, StatusSet};
 pub use fault::{FaultPatch, MAX_METHOD_RATES};
 
 use crate::fault::FaultPolicy;
+use crate::health::Cidr;
 pub use presets::Environment;
 
 use json::{err, expected, join, object, string, unknown_field};
@@ -77,6 +78,7 @@ const TOP_FIELDS: &[&str] = &[
     "circuit_breaker",
     "retry",
     "failure_injection",
+    "health",
     "routes",
 ];
 
@@ -145,6 +147,86 @@ pub struct Settings {
     /// `MARTY_FAILURE_INJECTION`: switches injection on (or off) on every route, whatever the
     /// layers below say.
     pub injection_switch: Option<bool>,
+    pub health: HealthSettings,
+}
+
+/// The `health` section: the filter answers its own health endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthSettings {
+    pub enabled: bool,
+    /// JSON status (`get_resilience_health_status()`).
+    pub path: String,
+    /// Plain-text report for people.
+    pub report_path: String,
+    /// Peers allowed to ask; others get 404.
+    pub allowed_sources: Vec<Cidr>,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/resilience/health".to_string(),
+            report_path: "/resilience/report".to_string(),
+            allowed_sources: ["127.0.0.1/32", "::1/128"]
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect(),
+        }
+    }
+}
+
+const HEALTH_FIELDS: &[&str] = &["enabled", "path", "report_path", "allowed_sources"];
+
+impl HealthSettings {
+    fn parse(value: &Value) -> Result<Self, ConfigError> {
+        let mut health = Self::default();
+        for (key, v) in object(value, "health")? {
+            let path = join("health", key);
+            match key.as_str() {
+                "enabled" => health.enabled = json::boolean(v, &path)?,
+                "path" => health.path = endpoint_path(v, &path)?,
+                "report_path" => health.report_path = endpoint_path(v, &path)?,
+                "allowed_sources" => {
+                    let items = json::array(v, &path, "CIDR ranges")?;
+                    health.allowed_sources = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| {
+                            item.as_str().and_then(Cidr::parse).ok_or_else(|| {
+                                expected(
+                                    &format!("{path}[{i}]"),
+                                    "a CIDR range such as \"10.0.0.0/8\" or \"::1/128\"",
+                                    item,
+                                )
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
+                _ => return Err(unknown_field(&path, HEALTH_FIELDS)),
+            }
+        }
+        if health.path == health.report_path {
+            return Err(err(
+                "health.report_path",
+                format!("must differ from health.path ({:?})", health.path),
+            ));
+        }
+        Ok(health)
+    }
+}
+
+fn endpoint_path(value: &Value, path: &str) -> Result<String, ConfigError> {
+    match value.as_str() {
+        Some(p) if p.starts_with('/') && p.len() <= 256 && !p.contains(['?', '#', ' ']) => {
+            Ok(p.to_string())
+        }
+        _ => Err(expected(
+            path,
+            "a request path starting with '/' (no query, at most 256 bytes)",
+            value,
+        )),
+    }
 }
 
 impl Settings {
@@ -182,8 +264,12 @@ impl Settings {
             map,
             "",
             TOP_FIELDS,
-            &["service_name", "environment", "routes"],
+            &["service_name", "environment", "routes", "health"],
         )?;
+        let health = match map.get("health") {
+            Some(v) => HealthSettings::parse(v)?,
+            None => HealthSettings::default(),
+        };
         let mut defaults = environment.preset();
         top.apply(&mut defaults);
         env.patch.apply(&mut defaults);
@@ -218,6 +304,7 @@ impl Settings {
             defaults,
             routes,
             injection_switch,
+            health,
         })
     }
 
