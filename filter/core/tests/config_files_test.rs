@@ -5,16 +5,20 @@
 //!   `config/marty-resilience.schema.json` and is accepted by [`Settings::parse`];
 //! - every `config/invalid/*.json` (`{"config": ..., "error": "..."}`) is rejected by both,
 //!   the parser with exactly `error`;
-//! - `config/presets/<env>.json` resolves to the code's preset, field for field;
-//! - the schema's `default`s are the production preset's values;
-//! - the preset tables of `docs/configuration.md` state the code's values;
+//! - `config/presets/<env>.json` resolves to the code's preset, and spells out every field of
+//!   `circuit_breaker` and `failure_injection` (nested objects included) with the preset's value;
+//! - the schema's `default`s are the production preset's values, `failure_injection`'s nested
+//!   objects included (fault injection has the same defaults in every environment);
+//! - the preset tables and the `failure_injection` table of `docs/configuration.md` state the
+//!   code's values;
 //! - the schema and the parser accept and reject the same values, field by field.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use jsonschema::Validator;
-use marty_resilience_core::config::{Environment, Settings};
+use marty_resilience_core::config::{Environment, HealthSettings, Settings};
+use marty_resilience_core::NANOS_PER_SEC;
 use serde_json::{json, Value};
 
 const ENVIRONMENTS: [Environment; 3] = [
@@ -164,6 +168,35 @@ fn invalid_configs_are_rejected_by_schema_and_parser_with_the_documented_error(
     Ok(())
 }
 
+/// The sections a preset file spells out in full, as `RoutePolicy::to_json` names them.
+const SECTIONS: [&str; 2] = ["circuit_breaker", "failure_injection"];
+
+/// The keys of `expected` (an object) that `written` leaves out, one level of nested objects
+/// included (`abort.http_status`).
+fn left_out(written: &Value, expected: &Value) -> Vec<String> {
+    let mut missing = Vec::new();
+    let Some(expected) = expected.as_object() else {
+        return missing;
+    };
+    for (key, value) in expected {
+        match written.get(key) {
+            None => missing.push(key.clone()),
+            Some(inner)
+                if value.is_object() && !value.as_object().is_some_and(|o| o.is_empty()) =>
+            {
+                missing.extend(
+                    left_out(inner, value)
+                        .into_iter()
+                        .map(|k| format!("{key}.{k}")),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    missing.sort();
+    missing
+}
+
 #[test]
 fn preset_files_match_the_code() -> Result<(), String> {
     for env in ENVIRONMENTS {
@@ -171,74 +204,121 @@ fn preset_files_match_the_code() -> Result<(), String> {
         let file = read_json(&path)?;
         let settings = parse(&file).map_err(|e| format!("{}: {e}", path.display()))?;
         assert_eq!(settings.environment, env, "{}", path.display());
-
-        let expected = env.preset().circuit_breaker.to_json();
         assert_eq!(
-            settings.defaults.circuit_breaker.to_json(),
-            expected,
+            settings.defaults,
+            env.preset(),
             "{} resolves to other values than Environment::{env:?}.preset()",
             path.display()
         );
 
-        // Every field is spelled out, with the preset's value as written, so the file alone
-        // documents the preset (the environment alone would already give the same result).
-        let written = file["circuit_breaker"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{}: no circuit_breaker section", path.display()));
-        let expected = expected.as_object().expect("to_json gives an object");
-        let mut missing: Vec<&String> = expected
-            .keys()
-            .filter(|k| !written.contains_key(*k))
-            .collect();
-        missing.sort();
-        assert!(
-            missing.is_empty(),
-            "{} leaves out {missing:?}",
-            path.display()
-        );
-        for (field, value) in written {
-            let settled = parse(&json!({ "circuit_breaker": { field: value } }))
-                .map(|s| s.defaults.circuit_breaker.to_json())
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(
-                same_json(&settled[field], &expected[field]),
-                "{}: circuit_breaker.{field} is {value}, the preset has {}",
-                path.display(),
-                expected[field]
+        let resolved = settings.defaults.to_json();
+        let preset = env.preset().to_json();
+        for section in SECTIONS {
+            let expected = &preset[section];
+            assert_eq!(
+                resolved[section],
+                *expected,
+                "{}: {section} resolves to other values than Environment::{env:?}.preset()",
+                path.display()
             );
+
+            // Every field is spelled out, with the preset's value as written, so the file alone
+            // documents the preset (the environment alone would already give the same result).
+            let written = file[section]
+                .as_object()
+                .unwrap_or_else(|| panic!("{}: no {section} section", path.display()));
+            let missing = left_out(&file[section], expected);
+            assert!(
+                missing.is_empty(),
+                "{}: {section} leaves out {missing:?}",
+                path.display()
+            );
+            for (field, value) in written {
+                let settled = parse(&json!({ section: { field: value } }))
+                    .map(|s| s.defaults.to_json())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(
+                    same_json(&settled[section][field], &expected[field]),
+                    "{}: {section}.{field} is {value}, the preset has {}",
+                    path.display(),
+                    expected[field]
+                );
+            }
         }
     }
     Ok(())
 }
 
+/// Checks the `default` and `description` of every property of `def` (a schema object) against
+/// `code` (the object the code resolves to), descending into nested objects; `path` names the
+/// section in messages.
+fn check_schema_defaults(def: &Value, code: &Value, path: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let Some(properties) = def["properties"].as_object() else {
+        return vec![format!("{path}: no properties in the schema")];
+    };
+    let Some(code) = code.as_object() else {
+        return vec![format!("{path}: the code gives {code}, not an object")];
+    };
+    let mut in_schema: Vec<&String> = properties.keys().collect();
+    let mut in_code: Vec<&String> = code.keys().collect();
+    in_schema.sort();
+    in_code.sort();
+    if in_schema != in_code {
+        failures.push(format!(
+            "{path} fields: the schema has {in_schema:?}, the code {in_code:?}"
+        ));
+    }
+    for (field, property) in properties {
+        let Some(value) = code.get(field) else {
+            continue;
+        };
+        match property.get("default") {
+            None => failures.push(format!("{path}.{field} has no default in the schema")),
+            Some(default) if !same_json(default, value) => failures.push(format!(
+                "{path}.{field}: the schema's default is {default}, the code has {value}"
+            )),
+            Some(_) => {}
+        }
+        if !property.get("description").is_some_and(Value::is_string) {
+            failures.push(format!("{path}.{field} has no description"));
+        }
+        if property.get("properties").is_some() {
+            failures.extend(check_schema_defaults(
+                property,
+                value,
+                &format!("{path}.{field}"),
+            ));
+        }
+    }
+    failures
+}
+
 #[test]
 fn schema_defaults_are_the_production_preset() -> Result<(), String> {
     let schema = schema()?;
-    let production = Environment::Production.preset().circuit_breaker.to_json();
-    let production = production.as_object().expect("to_json gives an object");
-    let properties = schema["$defs"]["circuitBreaker"]["properties"]
-        .as_object()
-        .expect("$defs.circuitBreaker.properties");
+    let production = Environment::Production.preset().to_json();
+    let mut failures = Vec::new();
+    for (section, def) in [
+        ("circuit_breaker", "circuitBreaker"),
+        ("failure_injection", "failureInjection"),
+    ] {
+        failures.extend(check_schema_defaults(
+            &schema["$defs"][def],
+            &production[section],
+            section,
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    let mut in_schema: Vec<&String> = properties.keys().collect();
-    let mut in_code: Vec<&String> = production.keys().collect();
-    in_schema.sort();
-    in_code.sort();
-    assert_eq!(in_schema, in_code, "circuit_breaker fields: schema vs code");
-
-    for (field, property) in properties {
-        let default = property
-            .get("default")
-            .unwrap_or_else(|| panic!("circuit_breaker.{field} has no default in the schema"));
-        assert!(
-            same_json(default, &production[field]),
-            "circuit_breaker.{field}: the schema's default is {default}, production has {}",
-            production[field]
+    // Fault injection is the same, and off, in every environment.
+    for env in ENVIRONMENTS {
+        assert_eq!(
+            env.preset().failure_injection,
+            Environment::Production.preset().failure_injection,
+            "{env:?}"
         );
-        assert!(
-            property.get("description").is_some_and(Value::is_string),
-            "circuit_breaker.{field} has no description"
-        );
+        assert!(!env.preset().failure_injection.enabled, "{env:?}");
     }
 
     assert_eq!(Environment::default(), Environment::Production);
@@ -296,6 +376,101 @@ fn issue_example_resolves_as_described() -> Result<(), String> {
     Ok(())
 }
 
+const MS: u64 = NANOS_PER_SEC / 1000;
+
+#[test]
+fn chaos_example_resolves_as_described() -> Result<(), String> {
+    let config = read_json(&config_dir().join("examples/chaos-testing.json"))?;
+    let settings = parse(&config)?;
+    assert_eq!(settings.environment, Environment::Testing);
+    let fault = &settings.defaults.failure_injection;
+    assert!(fault.enabled);
+    assert!(
+        !fault.enabled_by_env,
+        "enabled by configuration, not by MARTY_FAILURE_INJECTION"
+    );
+    for (path, rate) in [
+        ("/health", 0.0),
+        ("/health?probe=1", 0.0),
+        ("/test", 0.2),
+        // Keys without a trailing "/" or "*" match exactly.
+        ("/test/x", 0.1),
+        ("/users.UserService/GetUser", 0.5),
+        // The exact key wins over the prefix "/users.UserService/*".
+        ("/users.UserService/ListUsers", 0.3),
+        ("/orders", 0.1),
+    ] {
+        assert_eq!(fault.abort_rate(path), rate, "{path}");
+    }
+    assert_eq!(fault.abort.http_status, 503);
+    assert_eq!(fault.abort.grpc_status, 14);
+    assert_eq!(fault.delay.duration, 200 * MS);
+    assert_eq!(fault.delay.rate, 0.1);
+    assert_eq!(fault.delay.max, 5 * NANOS_PER_SEC);
+    assert_eq!(fault.max_active_faults, 50);
+    let trigger = &fault.header_trigger;
+    assert!(trigger.enabled);
+    assert_eq!(trigger.header, "x-failure-inject");
+    assert!(trigger.token.is_some());
+    assert!(!trigger.propagate);
+    // The breaker is the testing preset's.
+    assert_eq!(
+        settings.defaults.circuit_breaker,
+        Environment::Testing.preset().circuit_breaker
+    );
+    Ok(())
+}
+
+#[test]
+fn route_scoped_injection_example_resolves_as_described() -> Result<(), String> {
+    let config = read_json(&config_dir().join("examples/route-scoped-injection.json"))?;
+    let settings = parse(&config)?;
+    // Off on the default bucket: only the routes that say so inject.
+    let base = &settings.defaults.failure_injection;
+    assert!(!base.enabled);
+    assert_eq!(base.abort.http_status, 500);
+    assert_eq!(base.max_active_faults, 20);
+
+    let users = &settings.routes["users"].failure_injection;
+    assert!(users.enabled);
+    assert_eq!(users.abort_rate("/users/42"), 0.1);
+    assert_eq!(users.abort_rate("/users/health"), 0.0);
+    assert_eq!(
+        users.abort_rate("/users"),
+        0.02,
+        "\"/users/\" is a prefix of \"/users/...\" only"
+    );
+    // Inherited from the top level, field by field.
+    assert_eq!(users.abort.http_status, 500);
+    assert_eq!(users.abort.grpc_status, 14);
+    assert_eq!(users.max_active_faults, 20);
+
+    let reserve = &settings.routes["inventory.v1.Inventory/Reserve"].failure_injection;
+    assert!(reserve.enabled);
+    assert_eq!(reserve.abort_rate("/inventory.v1.Inventory/Reserve"), 0.0);
+    assert_eq!(
+        reserve.abort.grpc_status, 4,
+        "DEADLINE_EXCEEDED, named in lower case"
+    );
+    assert_eq!(reserve.abort.http_status, 500);
+    assert_eq!(reserve.delay.duration, NANOS_PER_SEC);
+    assert_eq!(reserve.delay.rate, 0.25);
+    assert_eq!(reserve.delay.max, 10 * NANOS_PER_SEC, "the default ceiling");
+
+    let checkout = &settings.routes["checkout"];
+    assert_eq!(checkout.circuit_breaker.failure_threshold, 3);
+    let checkout = &checkout.failure_injection;
+    assert!(checkout.enabled);
+    assert_eq!(checkout.abort_rate("/checkout"), 0.0);
+    assert!(checkout.header_trigger.enabled);
+    assert_eq!(
+        checkout.header_trigger.header, "x-chaos-checkout",
+        "stored lower case"
+    );
+    assert_eq!(checkout.header_trigger.token, None);
+    Ok(())
+}
+
 /// Values on both sides of every rule the schema encodes: the schema and the parser must agree.
 #[test]
 fn schema_and_parser_agree_on_field_values() -> Result<(), String> {
@@ -342,48 +517,89 @@ fn schema_and_parser_agree_on_field_values() -> Result<(), String> {
         json!(null),
         json!([30]),
     ];
-    let statuses = [
+    // Status list items, each probed alone (a list is rejected at its first bad item).
+    let status_items = [
+        json!("5xx"),
+        json!("5XX"),
+        json!("4xX"),
+        json!("1xx"),
+        json!(100),
+        json!(599),
+        json!(503.0),
+        json!("100"),
+        json!("599"),
+        json!("503"),
+        json!("6xx"),
+        json!("0xx"),
+        json!("5x"),
+        json!("xx5"),
+        json!("5xxx"),
+        json!(99),
+        json!(600),
+        json!(503.5),
+        json!("600"),
+        json!("099"),
+        json!("0503"),
+        json!("+503"),
+        json!("-503"),
+        json!(" 503"),
+        json!("503 "),
+        json!("5 03"),
+        json!("50"),
+        json!(-503),
+        json!(true),
+        json!(null),
         json!(["5xx"]),
-        json!(["5XX", "4xX", "1xx"]),
-        json!([100, 599, "100", "599", "0503", "+503"]),
+    ];
+    let mut statuses: Vec<Value> = status_items.iter().map(|item| json!([item])).collect();
+    statuses.extend([
+        json!(["5xx", 429, "418"]),
         json!([]),
-        json!(["6xx"]),
-        json!(["0xx"]),
-        json!(["5x"]),
-        json!(["xx5"]),
-        json!([99]),
-        json!([600]),
-        json!(["600"]),
-        json!(["099"]),
-        json!([" 503"]),
-        json!(["-503"]),
-        json!([-503]),
-        json!([true]),
-        json!([null]),
+        json!(["5xx", "0503"]),
         json!("5xx"),
         json!({}),
-    ];
-    let grpc = [
-        json!([
-            "UNAVAILABLE",
-            "unavailable",
-            "Deadline_Exceeded",
-            "ok",
-            "unauthenticated"
-        ]),
-        json!([0, 16, "0", "16", " 14 ", "+14", "014", " internal "]),
-        json!([]),
-        json!([17]),
-        json!(["17"]),
-        json!([-1]),
-        json!(["-1"]),
-        json!(["UNAVAILABLE_"]),
-        json!(["DEADLINE EXCEEDED"]),
-        json!(["TIMEOUT"]),
-        json!([""]),
-        json!([true]),
+    ]);
+    // gRPC codes, each probed alone in a list and as `failure_injection.abort.grpc_status`.
+    let grpc_items = [
         json!("UNAVAILABLE"),
+        json!("unavailable"),
+        json!("Deadline_Exceeded"),
+        json!("ok"),
+        json!("unauthenticated"),
+        json!(" internal "),
+        json!(0),
+        json!(16),
+        json!("0"),
+        json!("7"),
+        json!("07"),
+        json!("00"),
+        json!("16"),
+        json!(" 14 "),
+        json!("+14"),
+        json!("-1"),
+        json!("014"),
+        json!("016"),
+        json!("17"),
+        json!("99"),
+        json!(17),
+        json!(-1),
+        json!(2.5),
+        json!("UNAVAILABLE_"),
+        json!("DEADLINE EXCEEDED"),
+        json!("TIMEOUT"),
+        json!(""),
+        json!(" "),
+        json!(true),
+        json!(null),
     ];
+    let mut grpc: Vec<Value> = grpc_items.iter().map(|item| json!([item])).collect();
+    grpc.extend([
+        // A whole float is an integer in a list.
+        json!([14.0]),
+        json!(["UNAVAILABLE", "deadline_exceeded", 13, "2"]),
+        json!([]),
+        json!("UNAVAILABLE"),
+    ]);
     let integers = [
         json!(1),
         json!(0),
@@ -403,6 +619,76 @@ fn schema_and_parser_agree_on_field_values() -> Result<(), String> {
         json!(0),
         json!("true"),
         json!(null),
+    ];
+
+    let rates = [
+        json!(0),
+        json!(0.0),
+        json!(0.05),
+        json!(1),
+        json!(1.0),
+        json!(-0.1),
+        json!(1.01),
+        json!(2),
+        json!("0.5"),
+        json!(null),
+        json!(true),
+    ];
+    let http_statuses = [
+        json!(200),
+        json!(503),
+        json!(599),
+        json!(503.0),
+        json!(199),
+        json!(600),
+        json!(100),
+        json!(-503),
+        json!(503.5),
+        json!("503"),
+        json!(null),
+    ];
+    let header_names = [
+        json!("x-failure-inject"),
+        json!("X-Chaos_Test-2"),
+        json!("a"),
+        json!("h".repeat(64)),
+        json!("h".repeat(65)),
+        json!(""),
+        json!("x chaos"),
+        json!("x-chaos:"),
+        json!(":path"),
+        json!("x.chaos"),
+        json!("é"),
+        json!(5),
+        json!(null),
+    ];
+    let tokens = [
+        json!(null),
+        json!("s3cret"),
+        json!("t".repeat(256)),
+        json!("t".repeat(257)),
+        json!(""),
+        json!(12345),
+        json!(true),
+    ];
+    let method_rates = [
+        json!({}),
+        json!({"/health": 0.0, "/test": 0.2, "/users.UserService/GetUser": 0.5}),
+        json!({"/": 1}),
+        json!({"/users/": 0.1, "/users*": 0.2}),
+        json!({ format!("/{}", "p".repeat(255)): 0.5 }),
+        json!({ format!("/{}", "p".repeat(256)): 0.5 }),
+        json!({"health": 0.1}),
+        json!({"": 0.1}),
+        json!({" /health": 0.1}),
+        json!({"/health": 1.5}),
+        json!({"/health": -1}),
+        json!({"/health": "0.5"}),
+        json!({"/health": null}),
+        json!([]),
+        json!(null),
+        Value::Object((0..256).map(|i| (format!("/m{i}"), json!(0.1))).collect()),
+        Value::Object((0..257).map(|i| (format!("/m{i}"), json!(0.1))).collect()),
     ];
 
     let mut cases: Vec<Value> = Vec::new();
@@ -431,6 +717,48 @@ fn schema_and_parser_agree_on_field_values() -> Result<(), String> {
     }
     field("enabled", &booleans);
     field("count_connect_failures", &booleans);
+
+    // failure_injection, field by field (nested objects one field at a time).
+    let mut fault = |path: &[&str], values: &[Value]| {
+        for value in values {
+            let mut case = value.clone();
+            for key in path.iter().rev() {
+                case = json!({ *key: case });
+            }
+            cases.push(json!({ "failure_injection": case }));
+        }
+    };
+    fault(&["enabled"], &booleans);
+    fault(&["base_failure_rate"], &rates);
+    fault(&["method_specific_rates"], &method_rates);
+    fault(&["abort", "http_status"], &http_statuses);
+    fault(&["abort", "grpc_status"], &grpc_items);
+    // With the ceiling at its maximum, so only the field's own rule is probed (duration <=
+    // max is a check on resolved values that JSON Schema cannot express).
+    let with_max: Vec<Value> = durations
+        .iter()
+        .map(|d| json!({"duration": d, "max": 86400}))
+        .collect();
+    fault(&["delay"], &with_max);
+    fault(&["delay", "rate"], &rates);
+    // With a zero duration, for the same reason.
+    let with_duration: Vec<Value> = durations
+        .iter()
+        .map(|m| json!({"duration": 0, "max": m}))
+        .collect();
+    fault(&["delay"], &with_duration);
+    fault(&["max_active_faults"], &integers);
+    fault(&["header_trigger", "enabled"], &booleans);
+    fault(&["header_trigger", "propagate"], &booleans);
+    fault(&["header_trigger", "header"], &header_names);
+    fault(&["header_trigger", "token"], &tokens);
+    for section in ["abort", "delay", "header_trigger"] {
+        fault(
+            &[section],
+            &[json!({}), json!({"other": 1}), json!([]), json!(null)],
+        );
+    }
+    fault(&["other"], &[json!(1)]);
     for env in [
         "production",
         "Production",
@@ -465,6 +793,12 @@ fn schema_and_parser_agree_on_field_values() -> Result<(), String> {
         cases.push(json!({ "routes": { "users": { section: {} } } }));
         cases.push(json!({ "routes": { "users": { section: { "attempts": 1 } } } }));
     }
+    cases.push(json!({ "routes": { "users": { "failure_injection": { "enabled": true } } } }));
+    cases.push(json!({
+        "routes": { "users": { "failure_injection": { "delay": { "max": 0 } } } }
+    }));
+
+    cases.extend(health_probes());
 
     let mut disagreements = Vec::new();
     for case in &cases {
@@ -577,5 +911,222 @@ fn docs_tables_match_the_presets() -> Result<(), String> {
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// The leaves of a resolved section as `(dotted name, value)`; an empty object is a leaf.
+fn leaves(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (key, inner) in map {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaves(&name, inner, out);
+            }
+        }
+        _ => out.push((prefix.to_string(), value.clone())),
+    }
+}
+
+/// docs/configuration.md's `failure_injection` table (| `field` | type | meaning | default |,
+/// nested fields dotted) states the defaults the code has in every environment.
+#[test]
+fn docs_failure_injection_table_matches_the_defaults() -> Result<(), String> {
+    let path = config_dir().join("../docs/configuration.md");
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut fields = Vec::new();
+    leaves(
+        "",
+        &Environment::Production.preset().to_json()["failure_injection"],
+        &mut fields,
+    );
+    assert!(fields.len() >= 13, "{fields:?}");
+    let mut failures = Vec::new();
+    for (field, value) in &fields {
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .map(cells)
+            .filter(|row| row.len() == 4 && row[0] == format!("`{field}`"))
+            .collect();
+        if rows.len() != 1 {
+            failures.push(format!(
+                "failure_injection.{field}: {} rows in the table",
+                rows.len()
+            ));
+            continue;
+        }
+        let cell = rows[0][3].trim_matches('`');
+        // Durations are written with a unit (`0.25s`), everything else as JSON.
+        let written = if field.starts_with("delay.") && field != "delay.rate" {
+            cell.strip_suffix('s')
+                .and_then(|n| serde_json::from_str::<Value>(n).ok())
+        } else {
+            serde_json::from_str::<Value>(cell).ok()
+        };
+        if !written.is_some_and(|w| same_json(&w, value)) {
+            failures.push(format!(
+                "failure_injection.{field}: the docs say {}, the code {value}",
+                rows[0][3]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Values on both sides of every rule of the `health` section. Not probed: `path` and
+/// `report_path` both given and equal (the parser rejects it; JSON Schema cannot compare two
+/// values) and paths over 256 bytes but not 256 characters (the schema counts characters).
+fn health_probes() -> Vec<Value> {
+    let booleans = [
+        json!(true),
+        json!(false),
+        json!(0),
+        json!("true"),
+        json!(null),
+    ];
+    let paths = [
+        json!("/"),
+        json!("/resilience/health"),
+        json!("/a/b"),
+        json!("//"),
+        json!("/a%20b"),
+        json!("/a\tb"),
+        json!("/é"),
+        json!(format!("/{}", "p".repeat(255))),
+        json!(format!("/{}", "p".repeat(256))),
+        json!("/x?y"),
+        json!("/x#y"),
+        json!("/x y"),
+        json!(" /x"),
+        json!(""),
+        json!("x"),
+        json!(5),
+        json!(null),
+    ];
+    // Each probed alone in a list (a list is rejected at its first bad item).
+    let sources = [
+        "127.0.0.1/32",
+        "10.0.0.0/8",
+        "0.0.0.0/0",
+        "10.1.2.3",
+        "10.0.0.0/032",
+        "10.0.0.0/0000000008",
+        " 10.0.0.0/8",
+        "10.0.0.0 /8",
+        "\t10.0.0.0",
+        "10.0.0.0 ",
+        "10.0.0.0/33",
+        "10.0.0.0/",
+        "10.0.0.0/+8",
+        "10.0.0.0/-1",
+        "10.0.0.0/8/8",
+        "10.0.0.0/ 8",
+        "10.0.0.0/8 ",
+        "256.0.0.0/8",
+        "10.0.0/8",
+        "10.00.0.0/8",
+        "010.0.0.0/8",
+        "1.2.3.4.5",
+        "10.0.0.0/8,11.0.0.0/8",
+        "::1/128",
+        "::/0",
+        "::",
+        "::1",
+        "fd00::/8",
+        "2001:db8::/32",
+        "2001:DB8::1",
+        "1:2:3:4:5:6:7:8",
+        "1:2:3:4:5:6:7:8/64",
+        "1:2:3:4:5:6:7::",
+        "::2:3:4:5:6:7:8",
+        "1::8",
+        "0000:0000::",
+        "::ffff:10.0.0.1",
+        "::ffff:10.0.0.1/104",
+        "::1.2.3.4",
+        "1:2:3:4:5:6:1.2.3.4",
+        "1::2:3:4:5:1.2.3.4",
+        "1:2:3:4:5::1.2.3.4",
+        " ::1",
+        "::1 /128",
+        "::1/0128",
+        "1:2:3:4:5:6:7:8:9",
+        "1:2:3:4:5:6:7",
+        "1::2::3",
+        ":::",
+        "1:2:3:4:5:6:7:1.2.3.4",
+        "1::2:3:4:5:6:1.2.3.4",
+        "1:2:3:4:5:6::1.2.3.4",
+        "1.2.3.4::",
+        "::ffff:1.2.3.04",
+        "::1/129",
+        "::1/128 ",
+        "[::1]/128",
+        "fe80::1%eth0",
+        "12345::",
+        "g::1",
+        "",
+        " ",
+        "/8",
+    ];
+    let mut cases = vec![
+        json!({ "health": {} }),
+        json!({ "health": [] }),
+        json!({ "health": null }),
+        json!({ "health": true }),
+        json!({ "health": { "other": 1 } }),
+        json!({ "health": { "allowed_sources": [] } }),
+        json!({ "health": { "allowed_sources": "10.0.0.0/8" } }),
+        json!({ "health": { "allowed_sources": [5] } }),
+        json!({ "health": { "allowed_sources": [null] } }),
+        json!({ "health": { "allowed_sources": ["10.0.0.0/8", "::1/128", "192.168.1.7"] } }),
+        json!({ "health": { "allowed_sources": ["10.0.0.0/8", "10.0.0.0/40"] } }),
+        // Each path clashing with the other's default.
+        json!({ "health": { "path": "/resilience/report" } }),
+        json!({ "health": { "report_path": "/resilience/health" } }),
+        json!({ "health": { "path": "/resilience/report", "report_path": "/r" } }),
+        json!({ "health": { "path": "/h", "report_path": "/resilience/health" } }),
+        json!({ "health": { "path": "/h", "report_path": "/r" } }),
+        json!({ "routes": { "users": { "health": {} } } }),
+    ];
+    for value in booleans {
+        cases.push(json!({ "health": { "enabled": value } }));
+    }
+    for value in &paths {
+        cases.push(json!({ "health": { "path": value } }));
+        cases.push(json!({ "health": { "report_path": value } }));
+    }
+    for source in sources {
+        cases.push(json!({ "health": { "allowed_sources": [source] } }));
+    }
+    cases
+}
+
+/// The schema's `health` defaults and fields are the code's (`HealthSettings::default()`).
+#[test]
+fn schema_health_defaults_are_the_code() -> Result<(), String> {
+    let schema = schema()?;
+    let code = HealthSettings::default();
+    let sources: Vec<String> = code
+        .allowed_sources
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let resolved = json!({
+        "enabled": code.enabled,
+        "path": code.path,
+        "report_path": code.report_path,
+        "allowed_sources": sources,
+    });
+    let failures = check_schema_defaults(&schema["properties"]["health"], &resolved, "health");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // `{}` and no section at all are the same.
+    assert_eq!(parse(&json!({ "health": {} }))?.health, code);
+    assert_eq!(parse(&json!({}))?.health, code);
     Ok(())
 }

@@ -14,7 +14,11 @@ mod common;
 use common::{for_each_seed, MS, S};
 use marty_resilience_core::config::{
     codes::grpc_code, stat_name, BreakerPolicy, ConfigError, Environment, GrpcSet, RoutePolicy,
-    Settings, StatusSet, DEFAULT_ROUTE, MAX_HALF_OPEN_REQUESTS, MAX_ROUTE_NAME_LEN,
+    Settings, StatusSet, DEFAULT_ROUTE, MAX_HALF_OPEN_REQUESTS, MAX_METHOD_RATES,
+    MAX_ROUTE_NAME_LEN,
+};
+use marty_resilience_core::fault::{
+    self, AbortPolicy, DelayPolicy, Draws, FaultPolicy, HeaderTrigger, Trigger,
 };
 use rand::Rng;
 use serde_json::{json, Value};
@@ -60,6 +64,14 @@ const CB_FIELDS: &str = "enabled, failure_threshold, recovery_timeout, \
     half_open_success_threshold, half_open_max_requests, half_open_probe_timeout, \
     failure_reset_timeout, max_concurrent_requests, failure_status_codes, \
     ignored_status_codes, failure_grpc_status, count_connect_failures";
+
+const FI_FIELDS: &str = "enabled, base_failure_rate, method_specific_rates, abort, delay, \
+    max_active_faults, header_trigger";
+
+const UNKNOWN_VARIABLE: &str = "unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, \
+    MARTY_RESILIENCE_ENVIRONMENT, MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD> or \
+    MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD> (fields in upper case, as in \
+    docs/configuration.md)";
 
 const DURATION: &str = "a duration > 0 (seconds as a number, or a string like \"250ms\" or \
     \"30s\"; at most 1 day)";
@@ -416,27 +428,91 @@ fn other_variables_are_ignored() {
 
 #[test]
 fn unknown_marty_resilience_variables_are_rejected() {
+    // Outside any section: the general list of variable families.
+    for name in ["MARTY_RESILIENCE_FOO", "MARTY_RESILIENCE_RETRY_ATTEMPTS"] {
+        assert_eq!(
+            error_env("", &[(name, "1")]),
+            format!("{name}: {UNKNOWN_VARIABLE}")
+        );
+    }
+    // Inside a section: every variable the section has, spelled as variables.
+    let breaker_vars = "MARTY_RESILIENCE_CIRCUIT_BREAKER_ENABLED, MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD, \
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_RECOVERY_TIMEOUT, MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_SUCCESS_THRESHOLD, \
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_MAX_REQUESTS, MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_PROBE_TIMEOUT, \
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_RESET_TIMEOUT, MARTY_RESILIENCE_CIRCUIT_BREAKER_MAX_CONCURRENT_REQUESTS, \
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_STATUS_CODES, MARTY_RESILIENCE_CIRCUIT_BREAKER_IGNORED_STATUS_CODES, \
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_GRPC_STATUS, MARTY_RESILIENCE_CIRCUIT_BREAKER_COUNT_CONNECT_FAILURES";
+    for name in [
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_FOO",
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_",
+    ] {
+        assert_eq!(
+            error_env("", &[(name, "1")]),
+            format!("{name}: unknown variable, expected one of: {breaker_vars}")
+        );
+    }
+    let fault_vars = "MARTY_RESILIENCE_FAILURE_INJECTION_ENABLED, MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE, \
+        MARTY_RESILIENCE_FAILURE_INJECTION_METHOD_SPECIFIC_RATES, MARTY_RESILIENCE_FAILURE_INJECTION_MAX_ACTIVE_FAULTS, \
+        MARTY_RESILIENCE_FAILURE_INJECTION_ABORT_HTTP_STATUS, MARTY_RESILIENCE_FAILURE_INJECTION_ABORT_GRPC_STATUS, \
+        MARTY_RESILIENCE_FAILURE_INJECTION_DELAY_DURATION, MARTY_RESILIENCE_FAILURE_INJECTION_DELAY_RATE, \
+        MARTY_RESILIENCE_FAILURE_INJECTION_DELAY_MAX, MARTY_RESILIENCE_FAILURE_INJECTION_HEADER_TRIGGER_ENABLED, \
+        MARTY_RESILIENCE_FAILURE_INJECTION_HEADER_TRIGGER_HEADER, MARTY_RESILIENCE_FAILURE_INJECTION_HEADER_TRIGGER_TOKEN, \
+        MARTY_RESILIENCE_FAILURE_INJECTION_HEADER_TRIGGER_PROPAGATE";
+    for name in [
+        // The nested objects are set one field at a time, never whole.
+        "MARTY_RESILIENCE_FAILURE_INJECTION_ABORT",
+        "MARTY_RESILIENCE_FAILURE_INJECTION_DELAY",
+        "MARTY_RESILIENCE_FAILURE_INJECTION_HEADER_TRIGGER",
+        "MARTY_RESILIENCE_FAILURE_INJECTION_RATE",
+        "MARTY_RESILIENCE_FAILURE_INJECTION_ABORT_CODE",
+        "MARTY_RESILIENCE_FAILURE_INJECTION_DELAY_JITTER",
+    ] {
+        assert_eq!(
+            error_env("", &[(name, "1")]),
+            format!("{name}: unknown variable, expected one of: {fault_vars}")
+        );
+    }
+    // Marty's own switch has two variables and no others.
     assert_eq!(
-        error_env("", &[("MARTY_RESILIENCE_FOO", "1")]),
-        "MARTY_RESILIENCE_FOO: unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, \
-         MARTY_RESILIENCE_ENVIRONMENT or MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD>"
+        error_env("", &[("MARTY_FAILURE_INJECTION_RATIO", "0.1")]),
+        "MARTY_FAILURE_INJECTION_RATIO: unknown variable, expected MARTY_FAILURE_INJECTION or MARTY_FAILURE_INJECTION_RATE"
     );
     assert_eq!(
-        error_env("", &[("MARTY_RESILIENCE_RETRY_ATTEMPTS", "3")]),
-        "MARTY_RESILIENCE_RETRY_ATTEMPTS: unknown variable (this version of the filter has no \
-         retry or failure_injection fields yet)"
+        error_env(
+            "",
+            &[
+                ("MARTY_FAILURE_INJECTION_RATE", "0.1"),
+                ("MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE", "0.2")
+            ]
+        ),
+        "MARTY_FAILURE_INJECTION_RATE: set either MARTY_FAILURE_INJECTION_RATE or \
+         MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE, not both"
     );
-    assert_eq!(
-        error_env("", &[("MARTY_RESILIENCE_FAILURE_INJECTION_RATE", "3")]),
-        "MARTY_RESILIENCE_FAILURE_INJECTION_RATE: unknown variable (this version of the filter \
-         has no retry or failure_injection fields yet)"
+}
+
+#[test]
+fn variable_names_must_be_upper_case() {
+    // Field names in lower (or mixed) case were once accepted; they are unknown variables now.
+    for name in [
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_failure_threshold",
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_Failure_Threshold",
+        "MARTY_RESILIENCE_FAILURE_INJECTION_enabled",
+        "MARTY_RESILIENCE_FAILURE_INJECTION_ABORT_http_status",
+        "MARTY_RESILIENCE_Failure_Injection_ENABLED",
+        "MARTY_RESILIENCE_circuit_breaker_FAILURE_THRESHOLD",
+    ] {
+        assert_eq!(
+            error_env("", &[(name, "3")]),
+            format!("{name}: {UNKNOWN_VARIABLE}"),
+            "{name}"
+        );
+    }
+    // The upper-case spelling of the same field is fine.
+    let s = parse_env(
+        "",
+        &[("MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "3")],
     );
-    assert_eq!(
-        error_env("", &[("MARTY_RESILIENCE_CIRCUIT_BREAKER_FOO", "1")]),
-        format!(
-            "MARTY_RESILIENCE_CIRCUIT_BREAKER_FOO: unknown field, expected one of: {CB_FIELDS}"
-        )
-    );
+    assert_eq!(s.defaults.circuit_breaker.failure_threshold, 3);
 }
 
 #[test]
@@ -694,7 +770,7 @@ fn unknown_fields_list_the_expected_ones() {
     assert_eq!(
         error(r#"{"circuit_breakers": {}}"#),
         "circuit_breakers: unknown field, expected one of: service_name, environment, \
-         circuit_breaker, retry, failure_injection, routes"
+         circuit_breaker, retry, failure_injection, health, routes"
     );
     assert_eq!(
         error(r#"{"routes": {"users": {"timeout": 1}}}"#),
@@ -710,23 +786,36 @@ fn unknown_fields_list_the_expected_ones() {
 }
 
 #[test]
-fn reserved_sections_accept_only_an_empty_object() {
+fn the_reserved_retry_section_accepts_only_an_empty_object() {
     let s = parse(
         r#"{"retry": {}, "failure_injection": {},
             "routes": {"users": {"retry": {}, "failure_injection": {}}}}"#,
     );
     assert_eq!(s.defaults, Environment::Production.preset());
+    assert_eq!(s.routes["users"], Environment::Production.preset());
     assert_eq!(
         error(r#"{"retry": {"attempts": 3}}"#),
         "retry.attempts: unknown field (this section takes no fields yet)"
     );
     assert_eq!(
-        error(r#"{"routes": {"users": {"failure_injection": {"abort": 1}}}}"#),
-        "routes.users.failure_injection.abort: unknown field (this section takes no fields yet)"
+        error(r#"{"routes": {"users": {"retry": {"max_attempts": 3}}}}"#),
+        "routes.users.retry.max_attempts: unknown field (this section takes no fields yet)"
     );
     assert_eq!(
         error(r#"{"retry": true}"#),
         "retry: expected an object, got true"
+    );
+    // failure_injection is no longer reserved: its fields are read, and checked.
+    assert_eq!(
+        error(r#"{"routes": {"users": {"failure_injection": {"abort": 1}}}}"#),
+        "routes.users.failure_injection.abort: expected an object, got 1"
+    );
+    assert_eq!(
+        error(r#"{"routes": {"users": {"failure_injection": {"abort_percent": 10}}}}"#),
+        format!(
+            "routes.users.failure_injection.abort_percent: unknown field, expected one of: \
+             {FI_FIELDS}"
+        )
     );
 }
 
@@ -1008,4 +1097,814 @@ fn resolved_policies_round_trip_through_to_json() {
         );
         Ok(())
     });
+}
+
+// ---------------------------------------------------------------- failure injection
+
+const FI: &str = "MARTY_RESILIENCE_FAILURE_INJECTION_";
+
+fn fi(config: &str) -> FaultPolicy {
+    parse(config).defaults.failure_injection
+}
+
+/// `MARTY_RESILIENCE_FAILURE_INJECTION_<suffix>`.
+fn fi_var(suffix: &str) -> String {
+    format!("{FI}{suffix}")
+}
+
+/// A request that a configured rate of `rate` aborts: the draw is below every rate above 0.
+const ABORT_DRAW: Draws = Draws {
+    abort: 0.0,
+    delay: 0.999,
+};
+
+#[test]
+fn failure_injection_is_off_with_the_same_defaults_in_every_environment() {
+    for env in [
+        Environment::Development,
+        Environment::Production,
+        Environment::Testing,
+    ] {
+        let f = env.preset().failure_injection;
+        assert!(!f.enabled, "{env:?}");
+        assert!(!f.enabled_by_env, "{env:?}");
+        assert_eq!(f.base_failure_rate, 0.05);
+        assert!(f.method_specific_rates.is_empty());
+        assert_eq!(
+            f.abort,
+            AbortPolicy {
+                http_status: 503,
+                grpc_status: 14
+            }
+        );
+        assert_eq!(
+            f.delay,
+            DelayPolicy {
+                duration: 250 * MS,
+                rate: 0.0,
+                max: 10 * S
+            }
+        );
+        assert_eq!(f.max_active_faults, 100);
+        assert_eq!(
+            f.header_trigger,
+            HeaderTrigger {
+                enabled: false,
+                header: "x-failure-inject".into(),
+                token: None,
+                propagate: false
+            }
+        );
+        // Off means no trigger injects anything, whatever the draw.
+        assert_eq!(fault::decide(&f, "/", None, ABORT_DRAW), None);
+    }
+}
+
+#[test]
+fn every_failure_injection_field_is_read_from_the_json() {
+    let f = fi(r#"{"failure_injection": {
+        "enabled": true,
+        "base_failure_rate": 0.3,
+        "method_specific_rates": {"/health": 0, "/users/": 0.5},
+        "abort": {"http_status": 500, "grpc_status": "internal"},
+        "delay": {"duration": "100ms", "rate": 0.25, "max": "2s"},
+        "max_active_faults": 0,
+        "header_trigger": {"enabled": true, "header": "X-Chaos", "token": "s3cret", "propagate": true}
+    }}"#);
+    assert!(f.enabled);
+    assert!(!f.enabled_by_env);
+    assert_eq!(f.base_failure_rate, 0.3);
+    assert_eq!(f.abort_rate("/health"), 0.0);
+    assert_eq!(f.abort_rate("/users/7"), 0.5);
+    assert_eq!(f.abort_rate("/orders"), 0.3);
+    assert_eq!(
+        f.abort,
+        AbortPolicy {
+            http_status: 500,
+            grpc_status: 13
+        }
+    );
+    assert_eq!(
+        f.delay,
+        DelayPolicy {
+            duration: 100 * MS,
+            rate: 0.25,
+            max: 2 * S
+        }
+    );
+    assert_eq!(f.max_active_faults, 0, "0 is unlimited");
+    assert_eq!(
+        f.header_trigger,
+        HeaderTrigger {
+            enabled: true,
+            header: "x-chaos".into(),
+            token: Some("s3cret".into()),
+            propagate: true
+        }
+    );
+}
+
+#[test]
+fn failure_injection_edge_values_are_accepted() {
+    let f = fi(r#"{"failure_injection": {
+        "base_failure_rate": 1,
+        "abort": {"http_status": 200, "grpc_status": 0},
+        "delay": {"duration": 0, "rate": 1.0, "max": 86400},
+        "max_active_faults": 4294967295,
+        "header_trigger": {"header": "h", "token": null}
+    }}"#);
+    assert_eq!(f.base_failure_rate, 1.0);
+    assert_eq!(f.abort.http_status, 200);
+    assert_eq!(f.abort.grpc_status, 0);
+    assert_eq!(f.delay.duration, 0, "a zero delay is allowed");
+    assert_eq!(f.delay.max, 86_400 * S);
+    assert_eq!(f.max_active_faults, u32::MAX);
+    assert_eq!(f.header_trigger.header, "h");
+    assert_eq!(f.header_trigger.token, None);
+    for (status, code) in [
+        (json!("UNAVAILABLE"), 14),
+        (json!(" deadline_exceeded "), 4),
+        (json!(16), 16),
+        (json!("7"), 7),
+        (json!(" 14 "), 14),
+    ] {
+        let config = json!({"failure_injection": {"abort": {"grpc_status": status}}});
+        assert_eq!(fi(&config.to_string()).abort.grpc_status, code, "{status}");
+    }
+    assert_eq!(
+        fi(r#"{"failure_injection": {"abort": {"http_status": 503.0}}}"#)
+            .abort
+            .http_status,
+        503
+    );
+}
+
+#[test]
+fn bad_failure_injection_values_name_the_field() {
+    const GRPC: &str = "a gRPC status name (e.g. \"UNAVAILABLE\") or number 0-16";
+    const HEADER: &str = "a header name of letters, digits, '-' and '_' (at most 64)";
+    const TOKEN: &str = "null or a non-empty string of at most 256 bytes";
+    let cases = [
+        (
+            json!({"base_failure_rate": 1.5}),
+            "failure_injection.base_failure_rate: expected a rate between 0 and 1, got 1.5",
+        ),
+        (
+            json!({"delay": {"rate": -0.5}}),
+            "failure_injection.delay.rate: expected a rate between 0 and 1, got -0.5",
+        ),
+        (
+            json!({"abort": {"http_status": 600}}),
+            "failure_injection.abort.http_status: expected an integer between 200 and 599, got 600",
+        ),
+        (
+            json!({"abort": {"http_status": 199}}),
+            "failure_injection.abort.http_status: expected an integer between 200 and 599, got 199",
+        ),
+        (
+            json!({"max_active_faults": 4294967296_u64}),
+            "failure_injection.max_active_faults: expected an integer between 0 and 4294967295, \
+             got 4294967296",
+        ),
+        (
+            json!({"max_active_faults": -1}),
+            "failure_injection.max_active_faults: expected an integer >= 0, got -1",
+        ),
+        (
+            json!({"delay": {"max": 0}}),
+            "failure_injection.delay.max: expected a duration > 0 (seconds as a number, or a \
+             string like \"250ms\" or \"30s\"; at most 1 day), got 0",
+        ),
+        (
+            json!({"delay": {"duration": "25h"}}),
+            "failure_injection.delay.duration: expected a duration >= 0 (seconds as a number, or \
+             a string like \"250ms\" or \"30s\"; at most 1 day), got \"25h\"",
+        ),
+        (
+            json!({"delay": {"jitter": 1}}),
+            "failure_injection.delay.jitter: unknown field, expected one of: duration, rate, max",
+        ),
+        (
+            json!({"abort": {"status": 503}}),
+            "failure_injection.abort.status: unknown field, expected one of: http_status, \
+             grpc_status",
+        ),
+        (
+            json!({"header_trigger": {"name": "x"}}),
+            "failure_injection.header_trigger.name: unknown field, expected one of: enabled, \
+             header, token, propagate",
+        ),
+        (
+            json!({"delay": 5}),
+            "failure_injection.delay: expected an object, got 5",
+        ),
+        (
+            json!({"enabled": "true"}),
+            "failure_injection.enabled: expected a boolean, got \"true\"",
+        ),
+    ];
+    for (section, message) in cases {
+        let config = json!({ "failure_injection": section }).to_string();
+        assert_eq!(error(&config), message, "{config}");
+    }
+    for (status, shown) in [
+        (json!(17), "17"),
+        (json!(-1), "-1"),
+        (json!("17"), "\"17\""),
+        (json!("016"), "\"016\""),
+        (json!("+14"), "\"+14\""),
+        (json!("TIMEOUT"), "\"TIMEOUT\""),
+        (json!(""), "\"\""),
+        (json!(null), "null"),
+    ] {
+        let config = json!({"failure_injection": {"abort": {"grpc_status": status}}});
+        assert_eq!(
+            error(&config.to_string()),
+            format!("failure_injection.abort.grpc_status: expected {GRPC}, got {shown}")
+        );
+    }
+    for header in [
+        json!(""),
+        json!("x chaos"),
+        json!("x-chaos:"),
+        json!("x.chaos"),
+        json!("h".repeat(65)),
+        json!(5),
+    ] {
+        let config = json!({"failure_injection": {"header_trigger": {"header": header}}});
+        let msg = error(&config.to_string());
+        let want = if header.is_string() {
+            format!("failure_injection.header_trigger.header: expected {HEADER}, got ")
+        } else {
+            "failure_injection.header_trigger.header: expected a string, got ".to_string()
+        };
+        assert!(msg.starts_with(&want), "{msg}");
+    }
+    for token in [
+        json!(""),
+        json!("t".repeat(257)),
+        json!(12345),
+        json!(false),
+    ] {
+        let config = json!({"failure_injection": {"header_trigger": {"token": token}}});
+        let msg = error(&config.to_string());
+        assert!(
+            msg.starts_with(&format!(
+                "failure_injection.header_trigger.token: expected {TOKEN}, got "
+            )),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn method_specific_rates_keys_are_paths_and_bounded() {
+    let key = |k: &str| {
+        let config = json!({"failure_injection": {"method_specific_rates": {k: 0.5}}});
+        Settings::parse(config.to_string().as_bytes(), &[]).map_err(|e| e.to_string())
+    };
+    assert!(key("/").is_ok());
+    assert!(key(&format!("/{}", "p".repeat(255))).is_ok());
+    for bad in ["health", "", " /health", "*"] {
+        assert_eq!(
+            key(bad).unwrap_err(),
+            format!(
+                "failure_injection.method_specific_rates[\"{bad}\"]: expected a request path key \
+                 starting with '/' (at most 256 bytes), got \"{bad}\""
+            )
+        );
+    }
+    let long = format!("/{}", "p".repeat(256));
+    assert!(key(&long).is_err(), "257 bytes");
+    assert_eq!(
+        error(r#"{"failure_injection": {"method_specific_rates": {"/users": 1.01}}}"#),
+        "failure_injection.method_specific_rates[\"/users\"]: expected a rate between 0 and 1, \
+         got 1.01"
+    );
+    assert_eq!(
+        error(r#"{"failure_injection": {"method_specific_rates": [["/users", 0.5]]}}"#),
+        "failure_injection.method_specific_rates: expected an object, got [[\"/users\",0.5]]"
+    );
+
+    assert_eq!(MAX_METHOD_RATES, 256);
+    let table = |n: usize| {
+        let rates: serde_json::Map<String, Value> =
+            (0..n).map(|i| (format!("/m{i}"), json!(0.1))).collect();
+        json!({"failure_injection": {"method_specific_rates": rates}}).to_string()
+    };
+    assert_eq!(
+        fi(&table(MAX_METHOD_RATES)).abort_rate("/m255"),
+        0.1,
+        "256 entries"
+    );
+    assert_eq!(
+        error(&table(MAX_METHOD_RATES + 1)),
+        "failure_injection.method_specific_rates: expected at most 256 entries, got 257"
+    );
+}
+
+#[test]
+fn method_specific_rates_match_exact_keys_then_the_longest_prefix() {
+    let f = fi(r#"{"failure_injection": {
+        "base_failure_rate": 0.05,
+        "method_specific_rates": {
+            "/health": 0.0,
+            "/test": 0.2,
+            "/users.UserService/GetUser": 0.5,
+            "/users.UserService/*": 0.3,
+            "/users.UserService/Get*": 0.4,
+            "/api/": 0.6,
+            "/api/v2/": 0.7,
+            "/api/v2/ping": 0.8
+        }
+    }}"#);
+    for (path, rate) in [
+        ("/health", 0.0),
+        ("/health?full=1", 0.0),
+        ("/healthz", 0.05),
+        ("/test", 0.2),
+        ("/test/", 0.05),
+        ("/test/x", 0.05),
+        ("/users.UserService/GetUser", 0.5),
+        ("/users.UserService/GetUsers", 0.4),
+        ("/users.UserService/ListUsers", 0.3),
+        ("/users.UserService", 0.05),
+        ("/api/v1/x", 0.6),
+        ("/api/v2/x", 0.7),
+        ("/api/v2/ping", 0.8),
+        ("/api/v2/ping/x", 0.7),
+        ("/api", 0.05),
+        ("/", 0.05),
+        ("", 0.05),
+    ] {
+        assert_eq!(f.abort_rate(path), rate, "{path}");
+    }
+}
+
+#[test]
+fn failure_injection_layers_merge_nested_objects_field_by_field() {
+    let config = r#"{
+        "failure_injection": {
+            "enabled": true,
+            "base_failure_rate": 0.1,
+            "method_specific_rates": {"/a": 0.9},
+            "abort": {"http_status": 500, "grpc_status": "INTERNAL"},
+            "header_trigger": {"enabled": true, "header": "x-chaos"}
+        },
+        "routes": {
+            "users": {"failure_injection": {
+                "abort": {"http_status": 502},
+                "method_specific_rates": {"/b": 0.8},
+                "header_trigger": {"propagate": true}
+            }},
+            "orders": {}
+        }
+    }"#;
+    let s = parse_env(
+        config,
+        &[
+            (&fi_var("BASE_FAILURE_RATE"), "0.2"),
+            (&fi_var("ABORT_GRPC_STATUS"), "UNAVAILABLE"),
+            (&fi_var("DELAY_RATE"), "0.5"),
+        ],
+    );
+    let top = &s.defaults.failure_injection;
+    assert_eq!(top.base_failure_rate, 0.2, "the variable beats the JSON");
+    assert_eq!(
+        top.abort,
+        AbortPolicy {
+            http_status: 500,
+            grpc_status: 14
+        },
+        "abort merged field by field: JSON's http_status, the variable's grpc_status"
+    );
+    assert_eq!(top.delay.rate, 0.5);
+    assert_eq!(top.delay.duration, 250 * MS, "the default still applies");
+    assert_eq!(top.abort_rate("/a"), 0.9);
+    assert_eq!(s.routes["orders"].failure_injection, *top);
+
+    let users = &s.routes["users"].failure_injection;
+    assert_eq!(
+        users.abort,
+        AbortPolicy {
+            http_status: 502,
+            grpc_status: 14
+        }
+    );
+    // The route's table replaces the top level's as a whole.
+    assert_eq!(users.abort_rate("/b"), 0.8);
+    assert_eq!(users.abort_rate("/a"), 0.2);
+    assert_eq!(
+        users.header_trigger,
+        HeaderTrigger {
+            enabled: true,
+            header: "x-chaos".into(),
+            token: None,
+            propagate: true
+        }
+    );
+
+    // Route metadata over the route entry, field by field again.
+    let meta = json!({"failure_injection": {
+        "abort": {"grpc_status": 4},
+        "delay": {"duration": "1s"},
+        "method_specific_rates": {}
+    }});
+    let p = s.with_metadata("users", &meta).unwrap().failure_injection;
+    assert_eq!(
+        p.abort,
+        AbortPolicy {
+            http_status: 502,
+            grpc_status: 4
+        }
+    );
+    assert_eq!(p.delay.duration, S);
+    assert_eq!(p.delay.rate, 0.5);
+    assert!(
+        p.method_specific_rates.is_empty(),
+        "an empty table empties it"
+    );
+    assert_eq!(p.abort_rate("/b"), 0.2);
+    assert!(p.header_trigger.propagate);
+}
+
+#[test]
+fn every_failure_injection_variable_sets_its_field() {
+    let s = parse_env(
+        "",
+        &[
+            (&fi_var("ENABLED"), "true"),
+            (&fi_var("BASE_FAILURE_RATE"), "0.3"),
+            (
+                &fi_var("METHOD_SPECIFIC_RATES"),
+                r#"{"/health": 0, "/users/": 0.5}"#,
+            ),
+            (&fi_var("MAX_ACTIVE_FAULTS"), "7"),
+            (&fi_var("ABORT_HTTP_STATUS"), "500"),
+            (&fi_var("ABORT_GRPC_STATUS"), "deadline_exceeded"),
+            (&fi_var("DELAY_DURATION"), "100ms"),
+            (&fi_var("DELAY_RATE"), "0.25"),
+            (&fi_var("DELAY_MAX"), "2s"),
+            (&fi_var("HEADER_TRIGGER_ENABLED"), "true"),
+            (&fi_var("HEADER_TRIGGER_HEADER"), "X-Chaos"),
+            (&fi_var("HEADER_TRIGGER_TOKEN"), "s3cret"),
+            (&fi_var("HEADER_TRIGGER_PROPAGATE"), "true"),
+        ],
+    );
+    let f = s.defaults.failure_injection;
+    assert!(f.enabled);
+    assert!(
+        !f.enabled_by_env,
+        "a field like any other, not the MARTY_FAILURE_INJECTION switch"
+    );
+    assert_eq!(s.injection_switch, None);
+    assert_eq!(f.base_failure_rate, 0.3);
+    assert_eq!(f.abort_rate("/health"), 0.0);
+    assert_eq!(f.abort_rate("/users/1"), 0.5);
+    assert_eq!(f.abort_rate("/other"), 0.3);
+    assert_eq!(f.max_active_faults, 7);
+    assert_eq!(
+        f.abort,
+        AbortPolicy {
+            http_status: 500,
+            grpc_status: 4
+        }
+    );
+    assert_eq!(
+        f.delay,
+        DelayPolicy {
+            duration: 100 * MS,
+            rate: 0.25,
+            max: 2 * S
+        }
+    );
+    assert_eq!(
+        f.header_trigger,
+        HeaderTrigger {
+            enabled: true,
+            header: "x-chaos".into(),
+            token: Some("s3cret".into()),
+            propagate: true
+        }
+    );
+
+    // Numbers work for the gRPC status and the durations too.
+    let f = parse_env(
+        "",
+        &[
+            (&fi_var("ABORT_GRPC_STATUS"), "13"),
+            (&fi_var("DELAY_DURATION"), "0"),
+            (&fi_var("DELAY_MAX"), "1.5"),
+            (&fi_var("ENABLED"), "false"),
+        ],
+    )
+    .defaults
+    .failure_injection;
+    assert_eq!(f.abort.grpc_status, 13);
+    assert_eq!(f.delay.duration, 0);
+    assert_eq!(f.delay.max, 1500 * MS);
+    assert!(!f.enabled);
+}
+
+#[test]
+fn bad_failure_injection_variables_name_the_variable() {
+    let cases: [(&str, &str, &str); 8] = [
+        ("ENABLED", "yes", "expected a boolean, got \"yes\""),
+        (
+            "BASE_FAILURE_RATE",
+            "2",
+            "expected a rate between 0 and 1, got 2",
+        ),
+        (
+            "ABORT_HTTP_STATUS",
+            "600",
+            "expected an integer between 200 and 599, got 600",
+        ),
+        (
+            "ABORT_GRPC_STATUS",
+            "17",
+            "expected a gRPC status name (e.g. \"UNAVAILABLE\") or number 0-16, got 17",
+        ),
+        (
+            "DELAY_MAX",
+            "0",
+            "expected a duration > 0 (seconds as a number, or a string like \"250ms\" or \
+             \"30s\"; at most 1 day), got 0",
+        ),
+        (
+            "MAX_ACTIVE_FAULTS",
+            "-1",
+            "expected an integer >= 0, got -1",
+        ),
+        (
+            "HEADER_TRIGGER_HEADER",
+            "x chaos",
+            "expected a header name of letters, digits, '-' and '_' (at most 64), got \"x chaos\"",
+        ),
+        (
+            "METHOD_SPECIFIC_RATES",
+            "/health=0",
+            "expected an object, got \"/health=0\"",
+        ),
+    ];
+    for (suffix, value, message) in cases {
+        let name = fi_var(suffix);
+        assert_eq!(
+            error_env("", &[(&name, value)]),
+            format!("{name}: {message}")
+        );
+    }
+    // Inside the table the key is named after the variable.
+    assert_eq!(
+        error_env(
+            "",
+            &[(&fi_var("METHOD_SPECIFIC_RATES"), r#"{"health": 0.5}"#)]
+        ),
+        format!(
+            "{FI}METHOD_SPECIFIC_RATES[\"health\"]: expected a request path key starting with \
+             '/' (at most 256 bytes), got \"health\""
+        )
+    );
+}
+
+#[test]
+fn the_token_and_header_variables_stay_text() {
+    // A token that looks like a number (or a boolean, or JSON) is the text as given.
+    for token in ["12345", "true", "null", "0.5", "\"quoted\"", "{\"a\":1}"] {
+        let f = parse_env("", &[(&fi_var("HEADER_TRIGGER_TOKEN"), token)])
+            .defaults
+            .failure_injection;
+        assert_eq!(f.header_trigger.token.as_deref(), Some(token), "{token}");
+    }
+    let f = parse_env("", &[(&fi_var("HEADER_TRIGGER_HEADER"), "42")])
+        .defaults
+        .failure_injection;
+    assert_eq!(f.header_trigger.header, "42");
+    // In the JSON a token must be a string.
+    assert_eq!(
+        error(r#"{"failure_injection": {"header_trigger": {"token": 12345}}}"#),
+        "failure_injection.header_trigger.token: expected null or a non-empty string of at most \
+         256 bytes, got 12345"
+    );
+    // An empty variable is an empty token: rejected, not "no token".
+    assert_eq!(
+        error_env("", &[(&fi_var("HEADER_TRIGGER_TOKEN"), "")]),
+        format!(
+            "{FI}HEADER_TRIGGER_TOKEN: expected null or a non-empty string of at most 256 \
+             bytes, got \"\""
+        )
+    );
+    // The variable's token replaces the JSON's, and the resolved policy never shows it.
+    let s = parse_env(
+        r#"{"failure_injection": {"header_trigger": {"token": "from-json"}}}"#,
+        &[(&fi_var("HEADER_TRIGGER_TOKEN"), "from-env-secret")],
+    );
+    assert_eq!(
+        s.defaults.failure_injection.header_trigger.token.as_deref(),
+        Some("from-env-secret")
+    );
+    let shown = s.defaults.to_json().to_string();
+    assert!(!shown.contains("from-env-secret"), "{shown}");
+    assert_eq!(
+        s.defaults.to_json()["failure_injection"]["header_trigger"]["token"],
+        "(set)"
+    );
+}
+
+#[test]
+fn marty_failure_injection_enabled_switches_injection_on_over_every_layer() {
+    let config = r#"{
+        "failure_injection": {"enabled": false, "base_failure_rate": 0.1},
+        "routes": {
+            "off": {"failure_injection": {"enabled": false, "base_failure_rate": 0.4}},
+            "on": {"failure_injection": {"enabled": true}},
+            "plain": {}
+        }
+    }"#;
+    let s = parse_env(config, &[("MARTY_FAILURE_INJECTION", "enabled")]);
+    assert_eq!(s.injection_switch, Some(true));
+    for policy in [&s.defaults, &s.routes["off"], &s.routes["plain"]] {
+        let f = &policy.failure_injection;
+        assert!(f.enabled && f.enabled_by_env, "{f:?}");
+    }
+    // The rest of the section still comes from the layers.
+    assert_eq!(s.defaults.failure_injection.base_failure_rate, 0.1);
+    assert_eq!(s.routes["off"].failure_injection.base_failure_rate, 0.4);
+    // A route its configuration enables reports its faults as configured ones.
+    let on = &s.routes["on"].failure_injection;
+    assert!(on.enabled && !on.enabled_by_env);
+
+    // Route metadata cannot switch it off either, on configured and unconfigured routes.
+    let meta = json!({"failure_injection": {"enabled": false}});
+    for route in ["on", "off", "search"] {
+        let f = s.with_metadata(route, &meta).unwrap().failure_injection;
+        assert!(f.enabled && f.enabled_by_env, "{route}: {f:?}");
+    }
+
+    // Faults the rates inject where only the variable enabled them report the trigger `env`.
+    let fault = fault::decide(&s.defaults.failure_injection, "/", None, ABORT_DRAW).unwrap();
+    assert_eq!(fault.trigger, Trigger::Env);
+    assert_eq!(fault.trigger.name(), "env");
+    let fault = fault::decide(on, "/", None, ABORT_DRAW).unwrap();
+    assert_eq!(fault.trigger, Trigger::Config);
+}
+
+#[test]
+fn marty_failure_injection_disabled_switches_injection_off_over_every_layer() {
+    let config = r#"{
+        "failure_injection": {"enabled": true, "base_failure_rate": 1},
+        "routes": {"on": {"failure_injection": {"enabled": true}}}
+    }"#;
+    let s = parse_env(config, &[("MARTY_FAILURE_INJECTION", "disabled")]);
+    assert_eq!(s.injection_switch, Some(false));
+    let meta = json!({"failure_injection": {"enabled": true}});
+    let policies = [
+        s.defaults.failure_injection.clone(),
+        s.routes["on"].failure_injection.clone(),
+        s.with_metadata("on", &meta).unwrap().failure_injection,
+        s.with_metadata("search", &meta).unwrap().failure_injection,
+    ];
+    for f in &policies {
+        assert!(!f.enabled && !f.enabled_by_env, "{f:?}");
+        assert_eq!(fault::decide(f, "/", None, ABORT_DRAW), None);
+    }
+    // Also over the variable that sets the field.
+    let s = parse_env(
+        "",
+        &[
+            (&fi_var("ENABLED"), "true"),
+            ("MARTY_FAILURE_INJECTION", "off"),
+        ],
+    );
+    assert!(!s.defaults.failure_injection.enabled);
+}
+
+#[test]
+fn marty_failure_injection_takes_enabled_disabled_and_boolean_words() {
+    for on in [
+        "enabled", "ENABLED", "Enabled", "true", "TRUE", "1", "on", " On ",
+    ] {
+        let s = parse_env("", &[("MARTY_FAILURE_INJECTION", on)]);
+        assert_eq!(s.injection_switch, Some(true), "{on:?}");
+        assert!(s.defaults.failure_injection.enabled, "{on:?}");
+    }
+    for off in ["disabled", "DISABLED", "false", "0", "off", "Off"] {
+        let s = parse_env(
+            r#"{"failure_injection": {"enabled": true}}"#,
+            &[("MARTY_FAILURE_INJECTION", off)],
+        );
+        assert_eq!(s.injection_switch, Some(false), "{off:?}");
+        assert!(!s.defaults.failure_injection.enabled, "{off:?}");
+    }
+    assert_eq!(parse("").injection_switch, None);
+    for bad in ["yes", "no", "", "2", "enable", "\"enabled\""] {
+        assert_eq!(
+            error_env("", &[("MARTY_FAILURE_INJECTION", bad)]),
+            format!(
+                "MARTY_FAILURE_INJECTION: expected \"enabled\" or \"disabled\", got {}",
+                Value::from(bad)
+            )
+        );
+    }
+}
+
+#[test]
+fn marty_failure_injection_rate_is_the_plugin_level_base_rate() {
+    let config = r#"{
+        "failure_injection": {"base_failure_rate": 0.3},
+        "routes": {
+            "users": {"failure_injection": {"base_failure_rate": 0.5}},
+            "orders": {}
+        }
+    }"#;
+    let s = parse_env(config, &[("MARTY_FAILURE_INJECTION_RATE", "0.1")]);
+    assert_eq!(s.defaults.failure_injection.base_failure_rate, 0.1);
+    assert_eq!(s.routes["orders"].failure_injection.base_failure_rate, 0.1);
+    // Route entries and route metadata still override it.
+    assert_eq!(s.routes["users"].failure_injection.base_failure_rate, 0.5);
+    let meta = json!({"failure_injection": {"base_failure_rate": 0.7}});
+    assert_eq!(
+        s.with_metadata("orders", &meta)
+            .unwrap()
+            .failure_injection
+            .base_failure_rate,
+        0.7
+    );
+    // It switches nothing on.
+    assert!(!s.defaults.failure_injection.enabled);
+    assert_eq!(s.injection_switch, None);
+
+    for (raw, rate) in [("0", 0.0), ("1", 1.0), ("0.25", 0.25)] {
+        let s = parse_env("", &[("MARTY_FAILURE_INJECTION_RATE", raw)]);
+        assert_eq!(
+            s.defaults.failure_injection.base_failure_rate, rate,
+            "{raw}"
+        );
+    }
+    for (raw, shown) in [
+        ("1.5", "1.5"),
+        ("-0.1", "-0.1"),
+        ("10%", "\"10%\""),
+        ("", "\"\""),
+    ] {
+        assert_eq!(
+            error_env("", &[("MARTY_FAILURE_INJECTION_RATE", raw)]),
+            format!("MARTY_FAILURE_INJECTION_RATE: expected a rate between 0 and 1, got {shown}")
+        );
+    }
+}
+
+// ---------------------------------------------------------------- overridden JSON values
+
+#[test]
+fn the_json_service_name_and_environment_are_checked_even_when_overridden() {
+    assert_eq!(
+        error_env(
+            r#"{"service_name": 42}"#,
+            &[("MARTY_RESILIENCE_SERVICE_NAME", "users")]
+        ),
+        "service_name: expected a string, got 42"
+    );
+    assert_eq!(
+        error_env(
+            r#"{"service_name": null}"#,
+            &[("MARTY_RESILIENCE_SERVICE_NAME", "users")]
+        ),
+        "service_name: expected a string, got null"
+    );
+    let environment = "environment: expected one of \"development\", \"production\", \
+                       \"testing\", got \"staging\"";
+    assert_eq!(
+        error_env(
+            r#"{"environment": "staging"}"#,
+            &[("MARTY_RESILIENCE_ENVIRONMENT", "testing")]
+        ),
+        environment
+    );
+    // The JSON is checked before the variables.
+    assert_eq!(
+        error_env(
+            r#"{"environment": "staging"}"#,
+            &[("MARTY_RESILIENCE_ENVIRONMENT", "bogus")]
+        ),
+        environment
+    );
+    assert_eq!(
+        error_env(
+            r#"{"environment": "testing"}"#,
+            &[("MARTY_RESILIENCE_ENVIRONMENT", "bogus")]
+        ),
+        "MARTY_RESILIENCE_ENVIRONMENT: expected one of \"development\", \"production\", \
+         \"testing\", got \"bogus\""
+    );
+    // Valid JSON values are still overridden.
+    let s = parse_env(
+        r#"{"service_name": "json", "environment": "development"}"#,
+        &[
+            ("MARTY_RESILIENCE_SERVICE_NAME", "env"),
+            ("MARTY_RESILIENCE_ENVIRONMENT", "testing"),
+        ],
+    );
+    assert_eq!(s.service_name, "env");
+    assert_eq!(s.environment, Environment::Testing);
 }

@@ -152,6 +152,21 @@ impl Model {
         }
     }
 
+    /// The lease a probe taking `slot` gets: the deadline, moved past any lease another slot
+    /// holds and past the slot's previous lease, so every ticket is unique.
+    fn unique_lease(&self, deadline: u64, slot: usize, half_opens: bool) -> u64 {
+        let leases = match (&self.phase, half_opens) {
+            (Phase::HalfOpen { leases, .. }, false) => leases.clone(),
+            _ => vec![0; self.p.half_open_max_requests as usize],
+        };
+        let previous = leases.get(slot).copied().unwrap_or(0);
+        let mut lease = deadline;
+        while lease == previous || leases.contains(&lease) {
+            lease += 1;
+        }
+        lease
+    }
+
     /// Applies an admission the real breaker granted as a probe in `slot`.
     fn take(&mut self, now: u64, half_opens: bool, slot: usize, lease: u64) {
         if half_opens {
@@ -489,7 +504,10 @@ fn run_sequence(rng: &mut StdRng, steps: usize, cov: &mut Coverage) -> Result<()
                     ) => {
                         let expected_transition = half_opens.then_some(Transition::HalfOpened);
                         let ok = match t.probe {
-                            Some((slot, l)) => free.contains(&slot) && l == *lease,
+                            Some((slot, l)) => {
+                                free.contains(&slot)
+                                    && l == model.unique_lease(*lease, slot, *half_opens)
+                            }
                             None => false,
                         } && transition == expected_transition
                             && t.generation

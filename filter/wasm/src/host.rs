@@ -95,6 +95,23 @@ extern "C" {
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
+}
+
+/// Writes a log line at an ABI level (0 trace .. 5 critical); a refusal loses only the line.
+pub fn log(level: u32, message: &str) {
+    // SAFETY: pointer to a live borrow for the duration of the call.
+    unsafe {
+        proxy_log(level, message.as_ptr(), message.len());
+    }
+}
+
+/// The level Envoy logs Wasm at (ABI level numbers), if the host says.
+pub fn log_level() -> Option<u32> {
+    let mut level = 0;
+    // SAFETY: pointer to a live local.
+    unsafe { (proxy_get_log_level(&mut level) == OK).then_some(level) }
 }
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]

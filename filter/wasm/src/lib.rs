@@ -7,6 +7,7 @@
 
 mod health;
 mod host;
+mod logger;
 mod metrics;
 mod plugin;
 mod stream;
@@ -16,13 +17,13 @@ use std::rc::Rc;
 use log::{error, info};
 use marty_resilience_core::config::Settings;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
+use proxy_wasm::types::ContextType;
 
 use plugin::Plugin;
 use stream::Stream;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    logger::install();
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { plugin: None }) });
 }}
 
@@ -34,8 +35,7 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        // Forward only what Envoy would print anyway: a debug line costs a host call.
-        proxy_wasm::set_log_level(proxy_wasm::hostcalls::get_log_level().unwrap_or(LogLevel::Info));
+        logger::refresh_level();
         let config = host::plugin_configuration(size);
         let env: Vec<(String, String)> = std::env::vars().collect();
         match Settings::parse(&config, &env) {

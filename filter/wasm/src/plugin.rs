@@ -364,6 +364,7 @@ impl Plugin {
             return;
         }
         self.last_housekeeping_ns.set(now.mono_ns);
+        crate::logger::refresh_level();
         let buckets: Vec<Rc<Bucket>> = self.buckets.borrow().values().cloned().collect();
         for bucket in buckets {
             let policy = bucket.route.borrow().policy.circuit_breaker.clone();

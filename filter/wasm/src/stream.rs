@@ -84,6 +84,7 @@ impl Stream {
                 delay,
                 ..
             }) => {
+                self.applied(&bucket, fault.as_ref());
                 let reply = AbortReply {
                     http_status: abort.http_status,
                     grpc_status: is_grpc().then_some(abort.grpc_status),
@@ -99,11 +100,43 @@ impl Stream {
         };
         match self.admit(&bucket, now) {
             Action::Continue => match delay {
-                Some(nanos) => self.hold(now.mono_ns, nanos, None),
+                Some(nanos) => {
+                    self.applied(&bucket, fault.as_ref());
+                    self.hold(now.mono_ns, nanos, None)
+                }
                 None => Action::Continue,
             },
-            rejected => rejected,
+            rejected => {
+                // Rejected before its delay began: the fault never happened.
+                if std::mem::take(&mut self.fault_active) {
+                    host::increment_metric(bucket.metrics.active_faults, -1);
+                }
+                rejected
+            }
         }
+    }
+
+    /// Counts a fault that is being applied and records it for access logs.
+    fn applied(&self, bucket: &Bucket, fault: Option<&Fault>) {
+        let Some(fault) = fault else {
+            return;
+        };
+        let kind = if fault.abort.is_some() {
+            inc(bucket.metrics.faults_aborted);
+            "abort"
+        } else {
+            "delay"
+        };
+        if fault.delay.is_some() {
+            inc(bucket.metrics.faults_delayed);
+        }
+        host::set_filter_state("marty.resilience.fault", kind);
+        host::set_filter_state("marty.resilience.fault_trigger", fault.trigger.name());
+        debug!(
+            "route {}: injecting {kind} ({})",
+            bucket.route.borrow().bucket,
+            fault.trigger.name()
+        );
     }
 
     /// Holds the request for `nanos`, then resumes it (or sends `then_abort`) from the tick.
@@ -117,8 +150,8 @@ impl Stream {
         Action::Pause
     }
 
-    /// Reads the triggers, decides, and takes a slot of `max_active_faults`. Counts and
-    /// records (filter state) the fault it returns.
+    /// Reads the triggers, decides, and takes a slot of `max_active_faults` for the fault it
+    /// returns (counted by `applied` once it really happens).
     fn choose_fault(&mut self, bucket: &Bucket, policy: &FaultPolicy) -> Option<Fault> {
         let route = bucket.route.borrow().bucket.clone();
         let requested = self.requested_fault(bucket, policy, &route);
@@ -148,18 +181,6 @@ impl Stream {
             }
         }
         self.fault_active = true;
-        let kind = if fault.abort.is_some() {
-            inc(bucket.metrics.faults_aborted);
-            "abort"
-        } else {
-            "delay"
-        };
-        if fault.delay.is_some() {
-            inc(bucket.metrics.faults_delayed);
-        }
-        host::set_filter_state("marty.resilience.fault", kind);
-        host::set_filter_state("marty.resilience.fault_trigger", fault.trigger.name());
-        debug!("route {route}: injecting {kind} ({})", fault.trigger.name());
         Some(fault)
     }
 
@@ -189,8 +210,10 @@ impl Stream {
         }
 
         let trigger = &policy.header_trigger;
-        if trigger.token.is_some() {
-            // The token never travels upstream, whether or not it was right.
+        // The token never travels upstream, whether or not it was right or needed.
+        if trigger.token.is_none() {
+            host::remove_header(Map::RequestHeaders, TOKEN_HEADER);
+        } else {
             let presented = host::header(Map::RequestHeaders, TOKEN_HEADER);
             host::remove_header(Map::RequestHeaders, TOKEN_HEADER);
             if let Some(value) = host::header(Map::RequestHeaders, &trigger.header) {

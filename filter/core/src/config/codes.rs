@@ -103,6 +103,10 @@ pub const GRPC_STATUS_NAMES: [&str; 17] = [
 pub fn grpc_code(text: &str) -> Option<u32> {
     let text = text.trim();
     if !text.is_empty() && text.len() <= 2 && text.bytes().all(|b| b.is_ascii_digit()) {
+        // No leading zero ("07"), as for HTTP codes.
+        if text.len() == 2 && text.starts_with('0') {
+            return None;
+        }
         return text.parse::<u32>().ok().filter(|n| *n <= 16);
     }
     GRPC_STATUS_NAMES

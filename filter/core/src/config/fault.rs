@@ -14,6 +14,29 @@ use crate::NANOS_PER_SEC;
 pub const MAX_METHOD_RATES: usize = 256;
 const MAX_PATH_LEN: usize = 256;
 
+/// Headers the trigger header may not be: it is stripped from requests.
+const RESERVED_HEADERS: &[&str] = &[
+    crate::fault::TOKEN_HEADER,
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "user-agent",
+    "accept",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "traceparent",
+    "grpc-timeout",
+];
+
 pub const FIELDS: &[&str] = &[
     "enabled",
     "base_failure_rate",
@@ -22,6 +45,22 @@ pub const FIELDS: &[&str] = &[
     "delay",
     "max_active_faults",
     "header_trigger",
+];
+/// The fields as `MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD>` names them (nested ones flattened).
+pub const ENV_FIELDS: &[&str] = &[
+    "enabled",
+    "base_failure_rate",
+    "method_specific_rates",
+    "max_active_faults",
+    "abort_http_status",
+    "abort_grpc_status",
+    "delay_duration",
+    "delay_rate",
+    "delay_max",
+    "header_trigger_enabled",
+    "header_trigger_header",
+    "header_trigger_token",
+    "header_trigger_propagate",
 ];
 const ABORT_FIELDS: &[&str] = &["http_status", "grpc_status"];
 const DELAY_FIELDS: &[&str] = &["duration", "rate", "max"];
@@ -72,11 +111,26 @@ pub struct FaultPatch {
     pub header_propagate: Option<bool>,
 }
 
+/// A probability: a number, or a decimal string (`"0.25"`), since Envoy's YAML loader turns
+/// fractional numbers in route metadata into strings.
 fn rate(value: &Value, path: &str) -> Result<f64, ConfigError> {
-    value
-        .as_f64()
+    let parsed = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => decimal(s.trim()),
+        _ => None,
+    };
+    parsed
         .filter(|r| (0.0..=1.0).contains(r))
         .ok_or_else(|| expected(path, "a rate between 0 and 1", value))
+}
+
+/// `0`, `1`, `0.25`, `1.0`: digits with at most one dot inside, nothing else.
+fn decimal(text: &str) -> Option<f64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(whole) && digits(fraction))
+        .then(|| text.parse().ok())
+        .flatten()
 }
 
 fn sub<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ConfigError> {
@@ -125,7 +179,9 @@ impl FaultPatch {
             "grpc_status" => {
                 let code = match value {
                     Value::String(s) => grpc_code(s),
-                    Value::Number(n) => n.as_u64().filter(|n| *n <= 16).map(|n| n as u32),
+                    Value::Number(_) => super::json::integer(value, path, 0, 16)
+                        .ok()
+                        .map(|n| n as u32),
                     _ => None,
                 };
                 self.abort_grpc_status = Some(code.ok_or_else(|| {
@@ -169,6 +225,15 @@ impl FaultPatch {
                         value,
                     ));
                 }
+                // The trigger header is removed from requests: it must not be one that means
+                // something else.
+                if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("x-envoy-") {
+                    return Err(expected(
+                        path,
+                        "a header of its own (not the token header, an x-envoy-* header, or a standard request header)",
+                        value,
+                    ));
+                }
                 self.header_name = Some(name);
             }
             "token" => {
@@ -194,6 +259,10 @@ impl FaultPatch {
             if let Some(value) = value {
                 *target = value.clone();
             }
+        }
+        if self.enabled == Some(true) {
+            // Configuration itself turns injection on here: faults are not the env switch's.
+            policy.enabled_by_env = false;
         }
         take(&mut policy.enabled, &self.enabled);
         take(&mut policy.base_failure_rate, &self.base_failure_rate);
@@ -236,6 +305,21 @@ fn method_rates(value: &Value, path: &str) -> Result<MethodRates, ConfigError> {
         entries.push((key.clone(), rate(v, &entry_path)?));
     }
     Ok(MethodRates::new(entries))
+}
+
+/// Checks what only the resolved section can show (values from different layers together).
+pub fn validate(policy: &FaultPolicy, path: &str) -> Result<(), ConfigError> {
+    if policy.delay.duration > policy.delay.max {
+        return Err(super::json::err(
+            &join(path, "delay.duration"),
+            format!(
+                "must not exceed delay.max ({}), got {}",
+                crate::duration::display(policy.delay.max),
+                crate::duration::display(policy.delay.duration)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The resolved section, as configuration would write it (reports, docs tests).

@@ -274,6 +274,7 @@ impl Settings {
         top.apply(&mut defaults);
         env.patch.apply(&mut defaults);
         let injection_switch = env.injection_switch;
+        fault::validate(&defaults.failure_injection, "failure_injection")?;
 
         let mut routes = BTreeMap::new();
         if let Some(value) = map.get("routes") {
@@ -292,6 +293,7 @@ impl Settings {
                 }
                 let mut policy = defaults.clone();
                 RoutePatch::parse(entry, &path)?.apply(&mut policy);
+                fault::validate(&policy.failure_injection, &join(&path, "failure_injection"))?;
                 switch_injection(&mut policy, injection_switch);
                 routes.insert(name.clone(), policy);
             }
@@ -318,6 +320,7 @@ impl Settings {
             .cloned()
             .unwrap_or_else(|| self.defaults.clone());
         patch.apply(&mut policy);
+        fault::validate(&policy.failure_injection, &join(&path, "failure_injection"))?;
         switch_injection(&mut policy, self.injection_switch);
         Ok(policy)
     }
@@ -415,12 +418,27 @@ impl EnvOverlay {
                     continue;
                 }
                 "MARTY_FAILURE_INJECTION_RATE" => {
+                    if env
+                        .iter()
+                        .any(|(n, _)| n == "MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE")
+                    {
+                        return Err(err(
+                            name,
+                            "set either MARTY_FAILURE_INJECTION_RATE or MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE, not both",
+                        ));
+                    }
                     overlay.patch.failure_injection.set(
                         "base_failure_rate",
                         &env_value(raw),
                         name,
                     )?;
                     continue;
+                }
+                other if other.starts_with("MARTY_FAILURE_INJECTION_") => {
+                    return Err(err(
+                        name,
+                        "unknown variable, expected MARTY_FAILURE_INJECTION or MARTY_FAILURE_INJECTION_RATE",
+                    ));
                 }
                 _ => {}
             }
@@ -447,15 +465,19 @@ impl EnvOverlay {
         if upper {
             if let Some(field) = rest.strip_prefix("CIRCUIT_BREAKER_") {
                 let field = field.to_ascii_lowercase();
-                if breaker::FIELDS.contains(&field.as_str()) {
-                    let value = if breaker::LIST_FIELDS.contains(&field.as_str()) {
-                        env_list(raw)
-                    } else {
-                        env_value(raw)
-                    };
-                    return self.patch.circuit_breaker.set(&field, &value, name);
+                if !breaker::FIELDS.contains(&field.as_str()) {
+                    return Err(unknown_variable(name, "CIRCUIT_BREAKER", breaker::FIELDS));
                 }
+                let value = if breaker::LIST_FIELDS.contains(&field.as_str()) {
+                    env_list(raw)
+                } else {
+                    env_value(raw)
+                };
+                return self.patch.circuit_breaker.set(&field, &value, name);
             } else if let Some(field) = rest.strip_prefix("FAILURE_INJECTION_") {
+                if !fault::ENV_FIELDS.contains(&field.to_ascii_lowercase().as_str()) {
+                    return Err(unknown_variable(name, "FAILURE_INJECTION", fault::ENV_FIELDS));
+                }
                 let fault = &mut self.patch.failure_injection;
                 for (prefix, object) in FAULT_NESTED {
                     if let Some(inner) = field.strip_prefix(prefix) {
@@ -473,10 +495,7 @@ impl EnvOverlay {
                         };
                     }
                 }
-                let field = field.to_ascii_lowercase();
-                if !matches!(field.as_str(), "abort" | "delay" | "header_trigger") {
-                    return fault.set(&field, &env_value(raw), name);
-                }
+                return fault.set(&field.to_ascii_lowercase(), &env_value(raw), name);
             }
         }
         Err(err(
@@ -486,6 +505,17 @@ impl EnvOverlay {
              (fields in upper case, as in docs/configuration.md)",
         ))
     }
+}
+
+fn unknown_variable(name: &str, section: &str, fields: &[&str]) -> ConfigError {
+    let names: Vec<String> = fields
+        .iter()
+        .map(|f| format!("{ENV_PREFIX}{section}_{}", f.to_ascii_uppercase()))
+        .collect();
+    err(
+        name,
+        format!("unknown variable, expected one of: {}", names.join(", ")),
+    )
 }
 
 /// An environment value as JSON when it is JSON (`5`, `true`, `[503]`), else as a string.

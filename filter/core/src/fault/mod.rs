@@ -50,8 +50,8 @@ pub const TOKEN_HEADER: &str = "x-failure-inject-token";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MethodRates {
     exact: Vec<(String, f64)>,
-    /// Prefixes, longest first.
-    prefixes: Vec<(String, f64)>,
+    /// Prefixes (without a trailing `*`), longest first, with the key as configured.
+    prefixes: Vec<(String, f64, String)>,
 }
 
 impl MethodRates {
@@ -59,9 +59,9 @@ impl MethodRates {
         let mut rates = Self::default();
         for (key, rate) in entries {
             if let Some(prefix) = key.strip_suffix('*') {
-                rates.prefixes.push((prefix.to_string(), rate));
+                rates.prefixes.push((prefix.to_string(), rate, key.clone()));
             } else if key.ends_with('/') {
-                rates.prefixes.push((key, rate));
+                rates.prefixes.push((key.clone(), rate, key));
             } else {
                 rates.exact.push((key, rate));
             }
@@ -79,24 +79,27 @@ impl MethodRates {
         self.exact
             .iter()
             .find(|(key, _)| key == path)
-            .or_else(|| self.prefixes.iter().find(|(key, _)| path.starts_with(key)))
             .map(|(_, rate)| *rate)
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(prefix, _, _)| path.starts_with(prefix.as_str()))
+                    .map(|(_, rate, _)| *rate)
+            })
     }
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.prefixes.is_empty()
     }
 
-    /// Every entry as configured (prefix keys as written, `*` restored where it was).
+    /// Every entry with its key as configured.
     pub fn entries(&self) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = self.exact.clone();
-        out.extend(self.prefixes.iter().map(|(key, rate)| {
-            if key.ends_with('/') {
-                (key.clone(), *rate)
-            } else {
-                (format!("{key}*"), *rate)
-            }
-        }));
+        out.extend(
+            self.prefixes
+                .iter()
+                .map(|(_, rate, key)| (key.clone(), *rate)),
+        );
         out
     }
 }
