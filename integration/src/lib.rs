@@ -3,9 +3,11 @@
 //!
 //! Tests are plain synchronous `#[test]` functions; every async piece owns its runtime.
 
+pub mod bootstrap_edit;
 pub mod client;
 pub mod demo;
 pub mod envoy;
+pub mod file_server;
 pub mod upstream;
 
 pub use client::{
