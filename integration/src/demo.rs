@@ -1,6 +1,7 @@
 //! The story `./scripts/demo` tells, against an Envoy running `envoy/demo.yaml`: healthy
-//! traffic, an outage that opens the `users` breaker, a failed half-open probe, recovery, and
-//! the filter's Prometheus metrics. It prints a timeline as it goes and returns `Err` naming
+//! traffic, an outage that opens the `users` breaker, a failed half-open probe, recovery, one
+//! fault injected on request with the `x-failure-inject` header, and the filter's Prometheus
+//! metrics. It prints a timeline as it goes and returns `Err` naming
 //! what did not happen when the breaker does not behave as the story says.
 //!
 //! The outage is Envoy's own fault filter on the demo's second listener (the "flaky
@@ -25,6 +26,10 @@ pub const OTHER_PATH: &str = "/orders";
 pub const UPSTREAM_STAT_PREFIX: &str = "flaky_upstream";
 /// Runtime key of the flaky upstream's fault filter: percentage of requests answered 503.
 pub const ABORT_PERCENT_KEY: &str = "fault.http.abort.abort_percent";
+/// The trigger header `routes.users.failure_injection.header_trigger` enables in
+/// `envoy/demo.yaml`, and the fault phase (e) asks for with it.
+pub const FAULT_HEADER: &str = "x-failure-inject";
+pub const FAULT_REQUEST: &str = "abort=503";
 
 /// `routes.users` of the plugin configuration in `envoy/demo.yaml`; the story's bounds and
 /// narration rely on them.
@@ -73,6 +78,12 @@ pub struct Summary {
     /// Requests the flaky upstream received while the breaker rejected the burst of phase (b):
     /// zero when the breaker really keeps load off the upstream.
     pub upstream_during_rejections: i64,
+    /// Aborts the filter injected (`faults_aborted_total`): the one of phase (e).
+    pub faults_aborted: i64,
+    /// Requests the flaky upstream received for the injected abort of phase (e): zero.
+    pub upstream_during_fault: i64,
+    /// Failures the breaker counted for the injected abort of phase (e): zero.
+    pub failures_during_fault: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +133,8 @@ struct RouteStats {
     half_opened: i64,
     closed: i64,
     state: i64,
+    /// `faults_aborted_total`: requests the filter answered with an injected abort.
+    faults_aborted: i64,
 }
 
 impl RouteStats {
@@ -136,13 +149,23 @@ impl RouteStats {
             half_opened: get("circuit_half_opened_total")?,
             closed: get("circuit_closed_total")?,
             state: get("circuit_state")?,
+            faults_aborted: get("faults_aborted_total")?,
         })
     }
 
-    /// Requests admitted or rejected whose outcome is not counted yet.
+    /// Requests whose outcome is not counted yet (see docs/metrics.md).
     fn unsettled(&self) -> i64 {
-        self.requests - self.success - self.failure - self.rejected
+        self.requests - self.success - self.failure - self.rejected - self.faults_aborted
     }
+}
+
+/// What the injected abort of phase (e) did beyond its reply.
+#[derive(Clone, Copy, Debug, Default)]
+struct FaultOutcome {
+    /// Requests the upstream received meanwhile.
+    upstream: i64,
+    /// Failures the breaker counted meanwhile.
+    failures: i64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -220,6 +243,7 @@ impl Demo {
         let upstream_during_rejections = self.outage()?;
         self.failed_probe()?;
         self.recovery()?;
+        let fault = self.injected_fault()?;
         self.prometheus()?;
 
         let d = self.delta(&self.last);
@@ -231,11 +255,15 @@ impl Demo {
             closed: d.closed,
             rejected: d.rejected,
             upstream_during_rejections,
+            faults_aborted: d.faults_aborted,
+            upstream_during_fault: fault.upstream,
+            failures_during_fault: fault.failures,
         };
         println!();
         println!(
             "story complete in {:.1}s: {} requests on /{ROUTE}; the breaker opened {}x, half-opened {}x, closed {}x; \
-             {} requests rejected locally, {} of the rejected burst reached the upstream",
+             {} requests rejected locally, {} of the rejected burst reached the upstream; \
+             {} fault injected, which reached neither the upstream nor the breaker",
             summary.elapsed.as_secs_f64(),
             summary.requests,
             summary.opened,
@@ -243,6 +271,7 @@ impl Demo {
             summary.closed,
             summary.rejected,
             summary.upstream_during_rejections,
+            summary.faults_aborted,
         );
         Ok(summary)
     }
@@ -447,10 +476,67 @@ impl Demo {
         Ok(())
     }
 
-    /// (e) The same stats as Prometheus sees them, with the route as a label.
+    /// (e) One request asks for a fault with the trigger header: the filter answers it 503
+    /// itself, the upstream never sees it, and the breaker neither counts it nor moves.
+    fn injected_fault(&mut self) -> Result<FaultOutcome, String> {
+        self.phase(
+            "(e) an injected fault",
+            &format!(
+                "{ROUTE} has failure_injection on with the header trigger (and no configured faults); \
+                 one request asks for an abort with `{FAULT_HEADER}: {FAULT_REQUEST}`"
+            ),
+        );
+        let before = self.last;
+        let r = self.get_with(PATH, &[(FAULT_HEADER, FAULT_REQUEST)])?;
+        if r.status != 503 || r.header("x-marty-fault") != Some("abort") {
+            return Err(format!(
+                "GET {PATH} with {FAULT_HEADER}: {FAULT_REQUEST} answered {} {:?}, expected 503 \
+                 with x-marty-fault: abort (is routes.{ROUTE}.failure_injection in envoy/demo.yaml?)",
+                r.status, r.headers
+            ));
+        }
+        let outcome = FaultOutcome {
+            upstream: self.last.upstream_requests - before.upstream_requests,
+            failures: self.last.route.failure - before.route.failure,
+        };
+        let aborted = self.last.route.faults_aborted - before.route.faults_aborted;
+        self.note(&format!(
+            "answered by the filter: faults_aborted_total +{aborted}; the upstream received {} \
+             request(s), the breaker counted {} failure(s) and is still {}",
+            outcome.upstream, outcome.failures, self.state
+        ));
+        if aborted != 1 {
+            return Err(format!(
+                "faults_aborted_total moved by {aborted} for one injected abort"
+            ));
+        }
+        if outcome.upstream != 0 {
+            return Err(format!(
+                "the injected abort reached the upstream ({} request(s))",
+                outcome.upstream
+            ));
+        }
+        if outcome.failures != 0 || self.state != State::Closed || self.last.route.state != 0 {
+            return Err(format!(
+                "the injected abort touched the breaker: {} failure(s) counted, state {}",
+                outcome.failures, self.state
+            ));
+        }
+        // Without the header the same route is untouched.
+        let r = self.get(PATH)?;
+        if r.status != 200 {
+            return Err(format!(
+                "GET {PATH} without the trigger header answered {}, expected 200",
+                r.status
+            ));
+        }
+        Ok(outcome)
+    }
+
+    /// (f) The same stats as Prometheus sees them, with the route as a label.
     fn prometheus(&mut self) -> Result<(), String> {
         self.phase(
-            "(e) metrics",
+            "(f) metrics",
             &format!("GET /stats/prometheus, the filter's lines for marty_route=\"{ROUTE}\""),
         );
         let r = client::http1(self.opts.admin_port, "GET", "/stats/prometheus", &[])?;
@@ -471,6 +557,10 @@ impl Demo {
             return Err(format!(
                 "{requests} missing from /stats/prometheus: is stats_config.stats_tags set?"
             ));
+        }
+        let aborted = format!("marty_resilience_route_faults_aborted_total{label} 1");
+        if !lines.iter().any(|l| l.trim_end() == aborted) {
+            return Err(format!("{aborted} missing from /stats/prometheus"));
         }
         Ok(())
     }
@@ -503,13 +593,22 @@ impl Demo {
 
     /// One request on the front listener, with its timeline line and the transitions it caused.
     fn get(&mut self, path: &str) -> Result<Response, String> {
+        self.get_with(path, &[])
+    }
+
+    /// As [`Demo::get`], with request headers (shown on the timeline).
+    fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
         // Transitions made by the filter's timer since the last request come first.
         self.observe()?;
         let before = self.last;
-        let r = client::http1(self.opts.front_port, "GET", path, &[])?;
+        let r = client::http1(self.opts.front_port, "GET", path, headers)?;
         let snap = self.settled(&before)?;
+        let shown: String = headers
+            .iter()
+            .map(|(name, value)| format!(" [{name}: {value}]"))
+            .collect();
         let line = format!(
-            "{}GET {path} -> {} {:<40} {}",
+            "{}GET {path}{shown} -> {} {:<40} {}",
             self.stamp(),
             r.status,
             origin(&r),
@@ -660,6 +759,7 @@ impl Demo {
             half_opened: b.half_opened - a.half_opened,
             closed: b.closed - a.closed,
             state: b.state,
+            faults_aborted: b.faults_aborted - a.faults_aborted,
         }
     }
 
@@ -761,8 +861,12 @@ impl Demo {
     }
 }
 
-/// Who answered: the filter (its header says in which state) or the upstream.
+/// Who answered: the filter (its header says in which state, or that it injected a fault) or
+/// the upstream.
 fn origin(r: &Response) -> String {
+    if let Some(fault) = r.header("x-marty-fault") {
+        return format!("(x-marty-fault: {fault}, from the filter)");
+    }
     match r.header("x-marty-circuit") {
         Some(circuit) => format!(
             "(x-marty-circuit: {circuit}, retry-after: {})",

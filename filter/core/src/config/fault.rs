@@ -116,7 +116,7 @@ pub struct FaultPatch {
 fn rate(value: &Value, path: &str) -> Result<f64, ConfigError> {
     let parsed = match value {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => decimal(s.trim()),
+        Value::String(s) => crate::fault::header::decimal(s.trim()),
         _ => None,
     };
     parsed
@@ -124,14 +124,6 @@ fn rate(value: &Value, path: &str) -> Result<f64, ConfigError> {
         .ok_or_else(|| expected(path, "a rate between 0 and 1", value))
 }
 
-/// `0`, `1`, `0.25`, `1.0`: digits with at most one dot inside, nothing else.
-fn decimal(text: &str) -> Option<f64> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(whole) && digits(fraction))
-        .then(|| text.parse().ok())
-        .flatten()
-}
 
 fn sub<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ConfigError> {
     object(value, path)

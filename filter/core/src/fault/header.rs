@@ -97,9 +97,9 @@ pub fn parse(value: &[u8]) -> Result<Spec, Invalid> {
         let (key, raw) = (key.trim(), raw.trim());
         any = true;
         if key.eq_ignore_ascii_case("abort") {
-            let status = raw
-                .parse::<u16>()
-                .ok()
+            let status = Some(raw)
+                .filter(|r| r.len() == 3 && r.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|r| r.parse::<u16>().ok())
                 .filter(|s| (200..=599).contains(s))
                 .ok_or(Invalid::BadAbortStatus)?;
             set_once(&mut spec.abort_http, status)?;
@@ -114,9 +114,7 @@ pub fn parse(value: &[u8]) -> Result<Spec, Invalid> {
                 .ok_or(Invalid::BadDelay)?;
             set_once(&mut spec.delay, nanos)?;
         } else if key.eq_ignore_ascii_case("rate") {
-            let rate = raw
-                .parse::<f64>()
-                .ok()
+            let rate = decimal(raw)
                 .filter(|r| (0.0..=1.0).contains(r))
                 .ok_or(Invalid::BadRate)?;
             set_once(&mut spec.rate, rate)?;
@@ -132,6 +130,18 @@ pub fn parse(value: &[u8]) -> Result<Spec, Invalid> {
         return Err(Invalid::Malformed);
     }
     Ok(Spec::Custom(spec))
+}
+
+/// `0`, `1`, `0.25`, `1.0`: digits with at most one dot between digits; no sign, exponent or
+/// blank. The one number syntax of rates, in headers and in configuration.
+pub fn decimal(text: &str) -> Option<f64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if digits(whole) && digits(fraction) {
+        text.parse().ok()
+    } else {
+        None
+    }
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), Invalid> {
