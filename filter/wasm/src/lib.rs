@@ -36,6 +36,7 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         logger::refresh_level();
+        plugin::calibrate_wall_clock();
         let config = host::plugin_configuration(size);
         let env: Vec<(String, String)> = std::env::vars().collect();
         match Settings::parse(&config, &env) {

@@ -5,9 +5,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{error, warn};
-use marty_resilience_core::breaker::{Now, Record, Step, Transition};
+use marty_resilience_core::breaker::{Now, Record, State, Step, Transition};
 use marty_resilience_core::config::{Settings, DEFAULT_ROUTE};
 use marty_resilience_core::routes::{resolve, Route};
 use marty_resilience_core::store::{self, UpdateError, Updated};
@@ -38,6 +39,29 @@ pub struct Bucket {
     /// The record as this VM last read or wrote it: lets a success skip the write when there
     /// is no failure streak to reset.
     pub view: RefCell<Option<Record>>,
+    /// `circuit_opened_total` as it stood before the read that last showed the breaker CLOSED.
+    /// While the counter still reads the same, no worker has opened the breaker since, so a
+    /// request can be admitted from `view` without reading shared data (see `admit_fast`).
+    pub closed_as_of_opened: Cell<Option<u64>>,
+}
+
+impl Bucket {
+    /// Admission without shared data when nothing can have changed: the breaker was CLOSED at
+    /// the last read and `circuit_opened_total` (one Envoy counter, which every worker that
+    /// opens the breaker increments right after its write lands) has not moved. A counter read
+    /// costs a tenth of a shared-data read, which must copy the record into the VM.
+    pub fn admit_fast(&self) -> Option<marty_resilience_core::breaker::Ticket> {
+        let opened = host::get_metric(self.metrics.opened)?;
+        if self.closed_as_of_opened.get() != Some(opened) {
+            return None;
+        }
+        let view = self.view.borrow();
+        let view = view.as_ref().filter(|v| v.state == State::Closed)?;
+        Some(marty_resilience_core::breaker::Ticket {
+            generation: view.generation,
+            probe: None,
+        })
+    }
 }
 
 struct Cached {
@@ -103,10 +127,23 @@ pub const FAST_TICK_MS: u32 = 5;
 /// Tick period otherwise: breaker housekeeping.
 pub const TICK_MS: u32 = 250;
 
+/// The wall clock minus the monotonic clock, in milliseconds, measured once per VM: the wall
+/// time of a transition is only reported, so deriving it from the monotonic clock saves a host
+/// call per request.
+static WALL_OFFSET_MS: AtomicU64 = AtomicU64::new(0);
+
+pub fn calibrate_wall_clock() {
+    let offset = host::unix_ms().saturating_sub(host::monotonic_ns() / 1_000_000);
+    WALL_OFFSET_MS.store(offset, Ordering::Relaxed);
+}
+
 pub fn now() -> Now {
+    let mono_ns = host::monotonic_ns();
     Now {
-        mono_ns: host::monotonic_ns(),
-        unix_ms: host::unix_ms(),
+        mono_ns,
+        unix_ms: WALL_OFFSET_MS
+            .load(Ordering::Relaxed)
+            .saturating_add(mono_ns / 1_000_000),
     }
 }
 
@@ -160,6 +197,7 @@ impl Plugin {
         let bucket = Rc::new(Bucket {
             metrics: RouteMetrics::define(&route.stat_name),
             view: RefCell::new(None),
+            closed_as_of_opened: Cell::new(None),
             route: RefCell::new(Rc::new(route)),
         });
         let name = bucket.route.borrow().bucket.clone();
@@ -315,6 +353,9 @@ impl Plugin {
         decide: impl FnMut(&Record) -> Step<T>,
     ) -> Result<Step<T>, UpdateError> {
         let key = bucket.route.borrow().key.clone();
+        // Read before the record, so a transition that lands in between moves the counter
+        // past this value and the fast path will not trust the (older) record.
+        let opened_before = host::get_metric(bucket.metrics.opened);
         match store::update(&HostStore, &key, decide) {
             Ok(Updated {
                 step,
@@ -331,6 +372,10 @@ impl Plugin {
                 if step.transition.is_some() || bucket.view.borrow().is_none() {
                     host::record_metric(bucket.metrics.circuit_state, current.state.gauge());
                 }
+                let closed = current.state == State::Closed && step.transition.is_none();
+                bucket
+                    .closed_as_of_opened
+                    .set(if closed { opened_before } else { None });
                 *bucket.view.borrow_mut() = Some(current);
                 Ok(step)
             }
@@ -367,13 +412,14 @@ impl Plugin {
         crate::logger::refresh_level();
         let buckets: Vec<Rc<Bucket>> = self.buckets.borrow().values().cloned().collect();
         for bucket in buckets {
-            let policy = bucket.route.borrow().policy.circuit_breaker.clone();
+            let route = bucket.route.borrow().clone();
+            let policy = &route.policy.circuit_breaker;
             if !policy.enabled {
                 continue;
             }
             if self
                 .update(&bucket, |rec| {
-                    marty_resilience_core::breaker::tick(rec, &policy, now)
+                    marty_resilience_core::breaker::tick(rec, policy, now)
                 })
                 .is_ok()
             {

@@ -71,9 +71,9 @@ impl Stream {
         self.bucket = Some(bucket.clone());
         inc(bucket.metrics.requests);
 
-        let faults = bucket.route.borrow().policy.failure_injection.clone();
-        let fault = if faults.enabled {
-            self.choose_fault(&bucket, &faults)
+        let route = bucket.route.borrow().clone();
+        let fault = if route.policy.failure_injection.enabled {
+            self.choose_fault(&bucket, &route.policy.failure_injection)
         } else {
             None
         };
@@ -274,17 +274,21 @@ impl Stream {
 
     /// The breaker's admission; `Continue` when the request may go upstream.
     fn admit(&mut self, bucket: &Rc<Bucket>, now: breaker::Now) -> Action {
-        let policy = bucket.route.borrow().policy.circuit_breaker.clone();
+        let route = bucket.route.borrow().clone();
+        let policy = &route.policy.circuit_breaker;
         if !policy.enabled {
             return Action::Continue;
         }
-        let decision = match self
-            .plugin
-            .update(bucket, |rec| breaker::admit(rec, &policy, now))
-        {
-            Ok(step) => step.result,
-            // Shared state unavailable: let the request through untracked (fail open).
-            Err(_) => return Action::Continue,
+        let decision = match bucket.admit_fast() {
+            Some(ticket) => Decision::Allow(ticket),
+            None => match self
+                .plugin
+                .update(bucket, |rec| breaker::admit(rec, policy, now))
+            {
+                Ok(step) => step.result,
+                // Shared state unavailable: let the request through untracked (fail open).
+                Err(_) => return Action::Continue,
+            },
         };
         match decision {
             Decision::Allow(ticket) => {
@@ -386,10 +390,10 @@ impl Stream {
         if nothing_to_do {
             return;
         }
-        let policy = bucket.route.borrow().policy.circuit_breaker.clone();
+        let route = bucket.route.borrow().clone();
         let now = now();
         let _ = self.plugin.update(&bucket, |rec| {
-            breaker::record(rec, &policy, now, ticket, outcome)
+            breaker::record(rec, &route.policy.circuit_breaker, now, ticket, outcome)
         });
     }
 
@@ -411,13 +415,14 @@ impl Stream {
             self.release(Outcome::Ignored);
             return;
         }
-        let policy = bucket.route.borrow().policy.circuit_breaker.clone();
-        if needs_flags(&policy, &self.response) {
+        let route = bucket.route.borrow().clone();
+        let policy = &route.policy.circuit_breaker;
+        if needs_flags(policy, &self.response) {
             self.response.flags = host::property(&["response", "flags"])
                 .and_then(|bytes| bytes.try_into().ok())
                 .map(u64::from_le_bytes);
         }
-        let outcome = classify(&policy, &self.response);
+        let outcome = classify(policy, &self.response);
         self.release(outcome);
     }
 }
