@@ -482,7 +482,10 @@ fn unknown_marty_resilience_variables_are_rejected() {
             "",
             &[
                 ("MARTY_FAILURE_INJECTION_RATE", "0.1"),
-                ("MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE", "0.2")
+                (
+                    "MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE",
+                    "0.2"
+                )
             ]
         ),
         "MARTY_FAILURE_INJECTION_RATE: set either MARTY_FAILURE_INJECTION_RATE or \

@@ -124,7 +124,6 @@ fn rate(value: &Value, path: &str) -> Result<f64, ConfigError> {
         .ok_or_else(|| expected(path, "a rate between 0 and 1", value))
 }
 
-
 fn sub<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ConfigError> {
     object(value, path)
 }

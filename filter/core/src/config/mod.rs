@@ -476,7 +476,11 @@ impl EnvOverlay {
                 return self.patch.circuit_breaker.set(&field, &value, name);
             } else if let Some(field) = rest.strip_prefix("FAILURE_INJECTION_") {
                 if !fault::ENV_FIELDS.contains(&field.to_ascii_lowercase().as_str()) {
-                    return Err(unknown_variable(name, "FAILURE_INJECTION", fault::ENV_FIELDS));
+                    return Err(unknown_variable(
+                        name,
+                        "FAILURE_INJECTION",
+                        fault::ENV_FIELDS,
+                    ));
                 }
                 let fault = &mut self.patch.failure_injection;
                 for (prefix, object) in FAULT_NESTED {
