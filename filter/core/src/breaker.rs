@@ -337,19 +337,28 @@ fn take_probe_slot(rec: &mut Record, policy: &BreakerPolicy, now: Now) -> Option
     // The lease is the deadline, made unique among the slots (and never 0, which means free),
     // so a probe's ticket can never be mistaken for another's that took the slot at the same
     // instant.
-    let mut lease = now
+    let deadline = now
         .mono_ns
         .saturating_add(policy.half_open_probe_timeout)
         .max(1);
     let previous = rec.probes.get(slot).copied().unwrap_or(0);
-    while lease == previous || rec.probes.contains(&lease) {
-        lease = lease.saturating_add(1);
-    }
+    let lease = unique_lease(deadline, previous, &rec.probes)?;
     *rec.probes.get_mut(slot)? = lease;
     Some(Ticket {
         generation: rec.generation,
         probe: Some((slot, lease)),
     })
+}
+
+/// The first of `deadline`, `deadline + 1`, … (then `deadline - 1`, … where adding saturates)
+/// that no slot holds, that differs from the slot's previous lease, and is not 0. Bounded:
+/// among `2 × slots + 1` candidates at most `slots + 1` are taken.
+pub fn unique_lease(deadline: u64, previous: u64, probes: &[u64]) -> Option<u64> {
+    let n = probes.len() as u64;
+    let up = (0..=n).map(|i| deadline.saturating_add(i));
+    let down = (1..=n).map(|i| deadline.saturating_sub(i));
+    up.chain(down)
+        .find(|lease| *lease != 0 && *lease != previous && !probes.contains(lease))
 }
 
 fn reject_half_open(rec: &Record, now: Now) -> Decision {

@@ -656,3 +656,20 @@ fn remaining_open_ns_is_zero_outside_open() {
     assert_eq!(b.rec.remaining_open_ns(0), 0);
     assert_eq!(Record::default().remaining_open_ns(0), 0);
 }
+
+#[test]
+fn leases_stay_unique_and_bounded_when_the_clock_is_at_its_end() {
+    // Saturated deadlines must not make the slot search spin: candidates then count down.
+    let probes = [u64::MAX, u64::MAX - 1, 0];
+    let lease = marty_resilience_core::breaker::unique_lease(u64::MAX, 0, &probes);
+    assert_eq!(lease, Some(u64::MAX - 2));
+    // Every slot taken and the previous lease excluded: still an answer.
+    let full = [u64::MAX, u64::MAX - 1, u64::MAX - 2];
+    let lease = marty_resilience_core::breaker::unique_lease(u64::MAX, u64::MAX - 2, &full);
+    assert_eq!(lease, Some(u64::MAX - 3));
+    // Never 0, which means a free slot.
+    assert_eq!(
+        marty_resilience_core::breaker::unique_lease(1, 0, &[1, 2]),
+        Some(3)
+    );
+}

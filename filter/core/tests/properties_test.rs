@@ -159,12 +159,15 @@ impl Model {
             (Phase::HalfOpen { leases, .. }, false) => leases.clone(),
             _ => vec![0; self.p.half_open_max_requests as usize],
         };
+        // The model's own statement of the rule: the first candidate, counting up from the
+        // deadline and then down where adding saturates, that is free, new to the slot, not 0.
         let previous = leases.get(slot).copied().unwrap_or(0);
-        let mut lease = deadline;
-        while lease == previous || leases.contains(&lease) {
-            lease += 1;
-        }
-        lease
+        let n = leases.len() as u64;
+        (0..=n)
+            .map(|i| deadline.saturating_add(i))
+            .chain((1..=n).map(|i| deadline.saturating_sub(i)))
+            .find(|l| *l != 0 && *l != previous && !leases.contains(l))
+            .unwrap_or(deadline)
     }
 
     /// Applies an admission the real breaker granted as a probe in `slot`.
