@@ -18,6 +18,7 @@ pub mod duration;
 pub mod fault;
 pub mod health;
 pub mod pbstruct;
+pub mod retry;
 pub mod routes;
 pub mod store;
 

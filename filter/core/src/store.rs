@@ -60,33 +60,62 @@ pub struct Updated<T> {
     pub was_corrupt: bool,
 }
 
-/// Reads the record at `key`, lets `decide` compute a step, and writes the step's record with
-/// CAS; on a lost race, reads again and re-decides. Only a write that lands reports its
-/// transition, so each transition has exactly one author.
+/// A value kept in shared data: a versioned layout whose decoder is total (any bytes decode
+/// or give `None`), and a fresh value for a key that is missing or unreadable.
+pub trait Codec: Clone + Default {
+    fn encode(&self) -> Vec<u8>;
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+impl Codec for Record {
+    fn encode(&self) -> Vec<u8> {
+        Record::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Record::decode(bytes)
+    }
+}
+
+/// Reads the breaker record at `key`, lets `decide` compute a step, and writes the step's
+/// record with CAS; on a lost race, reads again and re-decides. Only a write that lands reports
+/// its transition, so each transition has exactly one author.
 pub fn update<S: SharedStore + ?Sized, T>(
     store: &S,
     key: &str,
     mut decide: impl FnMut(&Record) -> Step<T>,
 ) -> Result<Updated<T>, UpdateError> {
+    let mut step = None;
+    let (current, was_corrupt) = update_value(store, key, |current: &Record| {
+        let decided = decide(current);
+        let write = decided.write.clone();
+        step = Some(decided);
+        write
+    })?;
+    match step {
+        Some(step) => Ok(Updated {
+            step,
+            current,
+            was_corrupt,
+        }),
+        None => Err(UpdateError::Exhausted),
+    }
+}
+
+/// The bounded read-decide-CAS loop for any [`Codec`] value: `decide` returns the value to
+/// write, or `None` to leave the stored one. Returns the value as it now stands and whether the
+/// stored bytes were unreadable. Never writes with token 0.
+pub fn update_value<S: SharedStore + ?Sized, R: Codec>(
+    store: &S,
+    key: &str,
+    mut decide: impl FnMut(&R) -> Option<R>,
+) -> Result<(R, bool), UpdateError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (current, cas, was_corrupt) = load(store, key)?;
-        let step = decide(&current);
-        let Some(next) = &step.write else {
-            return Ok(Updated {
-                step,
-                current,
-                was_corrupt,
-            });
+        let (current, cas, was_corrupt) = load_value::<S, R>(store, key)?;
+        let Some(next) = decide(&current) else {
+            return Ok((current, was_corrupt));
         };
         match store.set(key, &next.encode(), cas) {
-            Ok(()) => {
-                let current = next.clone();
-                return Ok(Updated {
-                    step,
-                    current,
-                    was_corrupt,
-                });
-            }
+            Ok(()) => return Ok((next, was_corrupt)),
             Err(StoreError::CasMismatch) => continue,
             Err(StoreError::Host(status)) => return Err(UpdateError::Host(status)),
         }
@@ -94,32 +123,48 @@ pub fn update<S: SharedStore + ?Sized, T>(
     Err(UpdateError::Exhausted)
 }
 
-/// The record at `key` with the CAS token to write it back with ([`ABSENT_CAS`] when the key
-/// is missing), and whether the stored bytes were unreadable.
+/// The breaker record at `key`: see [`load_value`].
 pub fn load<S: SharedStore + ?Sized>(
     store: &S,
     key: &str,
 ) -> Result<(Record, u32, bool), UpdateError> {
+    load_value(store, key)
+}
+
+/// The value at `key` with the CAS token to write it back with ([`ABSENT_CAS`] when the key
+/// is missing), and whether the stored bytes were unreadable (then a fresh value).
+pub fn load_value<S: SharedStore + ?Sized, R: Codec>(
+    store: &S,
+    key: &str,
+) -> Result<(R, u32, bool), UpdateError> {
     match store.get(key) {
-        Ok(Some((bytes, cas))) => match Record::decode(&bytes) {
-            Some(record) => Ok((record, cas, false)),
-            None => Ok((Record::default(), cas, true)),
+        Ok(Some((bytes, cas))) => match R::decode(&bytes) {
+            Some(value) => Ok((value, cas, false)),
+            None => Ok((R::default(), cas, true)),
         },
-        Ok(None) => Ok((Record::default(), ABSENT_CAS, false)),
+        Ok(None) => Ok((R::default(), ABSENT_CAS, false)),
         Err(StoreError::CasMismatch) => Err(UpdateError::Host(0)),
         Err(StoreError::Host(status)) => Err(UpdateError::Host(status)),
     }
 }
 
-/// Creates `key` with a fresh record unless it already holds one: run at configure time on
-/// every VM. Idempotent: an existing readable record (state kept across a plugin reload) is
-/// left alone.
+/// Creates `key` with a fresh breaker record unless it already holds one: see [`ensure_value`].
 pub fn ensure<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<bool, UpdateError> {
-    let (_, cas, was_corrupt) = load(store, key)?;
+    ensure_value::<S, Record>(store, key)
+}
+
+/// Creates `key` with a fresh value unless it already holds a readable one: run at configure
+/// time on every VM. Idempotent: an existing readable value (state kept across a plugin reload)
+/// is left alone. `true` when this call wrote.
+pub fn ensure_value<S: SharedStore + ?Sized, R: Codec>(
+    store: &S,
+    key: &str,
+) -> Result<bool, UpdateError> {
+    let (_, cas, was_corrupt) = load_value::<S, R>(store, key)?;
     if cas != ABSENT_CAS && !was_corrupt {
         return Ok(false);
     }
-    match store.set(key, &Record::default().encode(), cas) {
+    match store.set(key, &R::default().encode(), cas) {
         Ok(()) => Ok(true),
         // Someone else created or fixed it between our read and write: theirs stands.
         Err(StoreError::CasMismatch) => Ok(false),

@@ -134,9 +134,14 @@ fn breaker_keys_are_versioned_and_carry_the_raw_route_name() {
 // ---------------------------------------------------------------- load / ensure
 
 #[test]
-fn load_of_a_missing_key_is_a_fresh_record_with_token_zero() {
+fn load_of_a_missing_key_is_a_fresh_record_with_the_absent_token() {
+    // Never 0, which Envoy takes as "write unconditionally": a key created by another worker
+    // between this read and the write must make the write fail.
     let store = MemoryStore::new();
-    assert_eq!(store::load(&store, KEY), Ok((Record::default(), 0, false)));
+    assert_eq!(
+        store::load(&store, KEY),
+        Ok((Record::default(), store::ABSENT_CAS, false))
+    );
 }
 
 #[test]

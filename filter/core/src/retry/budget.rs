@@ -1,0 +1,396 @@
+//! A per-route retry budget kept in proxy shared data (as Finagle's `RetryBudget` and tower's
+//! `retry::budget`): retries are allowed while the retries of the recent window stay under
+//!
+//! ```text
+//! ratio × requests(window) + min_retries_per_second × window_seconds
+//! ```
+//!
+//! so a route retries at most `ratio` of its traffic, plus a small floor that lets a quiet route
+//! retry at all. Here `requests` counts original requests (first attempts), `retries` counts
+//! attempts 2 and later, and `failures` counts failed attempts of either kind; the failure
+//! ratio `failures / (requests + retries)` is what the `adaptive` backoff scales by.
+//!
+//! # The record
+//!
+//! A time-bucketed ring of [`BUCKETS`] buckets, each `window / BUCKETS` wide, in ONE fixed-size
+//! little-endian value (version byte, bucket width, then per bucket its epoch — the bucket's
+//! start in widths since time 0 — and its three counts). A bucket serves epochs congruent to its
+//! slot; it is reused lazily: [`add`] zeroes a bucket whose epoch is older than the one it adds
+//! to, and [`totals`] counts only buckets of the last `BUCKETS` epochs. So a count added at time
+//! `t` is counted exactly while `now < (t / width + BUCKETS) × width`: the window covers between
+//! `(BUCKETS − 1) × width` and `BUCKETS × width` of history. The width is `window / BUCKETS`
+//! rounded down and at least 1 ns; a record of another width (the window was reconfigured)
+//! reads as empty and the next [`add`] starts it afresh.
+//!
+//! # Shared-data traffic
+//!
+//! Per-request shared-data traffic is what the filter avoids: a read-modify-write per request
+//! would serialise every worker on Envoy's one shared-data lock. Instead each worker counts its
+//! requests, retries and failures locally in a [`Pending`], and on its tick [`flush`]es them
+//! with one bounded compare-and-swap loop (as [`crate::store::update`] does for the breaker).
+//! The flush recomputes the route's [`Snapshot`] from the record it read or wrote, and the
+//! worker caches it: retry decisions and the adaptive failure ratio come from the cache, so
+//! they are at most one tick stale. A flush that loses its races [`MAX_CAS_ATTEMPTS`] times
+//! keeps its counts for the next tick, so no count is lost, only delayed. Counts are dated at
+//! the flush, not when they happened: at most one tick late in a window of seconds.
+//!
+//! The key is [`budget_key`]: `marty.resilience/v1/budget/<route>`, created at configure time
+//! with [`ensure`] (as breaker keys are), since keys cannot be deleted.
+
+use crate::store::{self, Codec, SharedStore, UpdateError};
+use crate::NANOS_PER_SEC;
+
+/// Buckets of the ring.
+pub const BUCKETS: usize = 10;
+
+/// Layout version, first byte of every value. A value of another version is treated as absent.
+pub const RECORD_VERSION: u8 = 1;
+
+const BUCKET_LEN: usize = 8 + 4 + 4 + 4;
+/// Length of every encoded record.
+pub const RECORD_LEN: usize = 1 + 8 + BUCKETS * BUCKET_LEN;
+
+/// Finagle's defaults: a 10 s window, 20 % of requests, 10 retries a second.
+pub const DEFAULT_WINDOW_NS: u64 = 10 * NANOS_PER_SEC;
+pub const DEFAULT_RATIO: f64 = 0.2;
+pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
+
+/// The shared-data key of a route's retry budget.
+pub fn budget_key(route: &str) -> String {
+    format!("marty.resilience/v1/budget/{route}")
+}
+
+/// A route's budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Policy {
+    /// How far back requests and retries count (nanoseconds).
+    pub window_ns: u64,
+    /// Retries allowed per original request (0.2: one retry per five requests). Negative or
+    /// NaN counts as 0.
+    pub ratio: f64,
+    /// Retries allowed each second of the window however few requests there are.
+    pub min_retries_per_second: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            window_ns: DEFAULT_WINDOW_NS,
+            ratio: DEFAULT_RATIO,
+            min_retries_per_second: DEFAULT_MIN_RETRIES_PER_SECOND,
+        }
+    }
+}
+
+impl Policy {
+    /// Retries the window allows for `requests` original requests.
+    pub fn allowance(&self, requests: u64) -> f64 {
+        let ratio = if self.ratio > 0.0 { self.ratio } else { 0.0 };
+        let window_secs = self.window_ns as f64 / NANOS_PER_SEC as f64;
+        ratio * requests as f64 + f64::from(self.min_retries_per_second) * window_secs
+    }
+}
+
+/// The counts of one bucket of time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Start of the bucket, in bucket widths since time 0.
+    pub epoch: u64,
+    pub requests: u32,
+    pub retries: u32,
+    pub failures: u32,
+}
+
+impl Bucket {
+    fn is_empty(&self) -> bool {
+        self.requests == 0 && self.retries == 0 && self.failures == 0
+    }
+}
+
+/// One route's budget, as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Width of every bucket (nanoseconds); 0 in a fresh record.
+    pub width_ns: u64,
+    /// Bucket `i` holds an epoch `e` with `e % BUCKETS == i`.
+    pub buckets: [Bucket; BUCKETS],
+}
+
+/// The bucket width for `window_ns`: a tenth of it, at least 1 ns.
+pub fn bucket_width(window_ns: u64) -> u64 {
+    (window_ns / BUCKETS as u64).max(1)
+}
+
+fn slot(epoch: u64) -> usize {
+    // Less than BUCKETS, so the cast is exact.
+    (epoch % BUCKETS as u64) as usize
+}
+
+impl Record {
+    /// Fixed little-endian layout of [`RECORD_LEN`] bytes: version, width, then per bucket its
+    /// epoch (u64) and requests, retries, failures (u32 each).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_LEN);
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&self.width_ns.to_le_bytes());
+        for bucket in &self.buckets {
+            out.extend_from_slice(&bucket.epoch.to_le_bytes());
+            for n in [bucket.requests, bucket.retries, bucket.failures] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Total: any bytes either decode to a record or give `None` (wrong version or length, or
+    /// a bucket with counts outside its epoch's slot).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader { bytes };
+        if r.u8()? != RECORD_VERSION {
+            return None;
+        }
+        let mut record = Self {
+            width_ns: r.u64()?,
+            ..Self::default()
+        };
+        for (i, bucket) in record.buckets.iter_mut().enumerate() {
+            *bucket = Bucket {
+                epoch: r.u64()?,
+                requests: r.u32()?,
+                retries: r.u32()?,
+                failures: r.u32()?,
+            };
+            if !bucket.is_empty() && slot(bucket.epoch) != i {
+                return None;
+            }
+        }
+        if !r.bytes.is_empty() {
+            return None;
+        }
+        Some(record)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.bytes.split_first_chunk::<N>()?;
+        self.bytes = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|[b]| b)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+}
+
+/// `rec` with the counts added to the bucket of `now_ns` (saturating). A bucket last used for
+/// an older epoch is zeroed first; one holding a newer epoch (another worker's clock read
+/// later than ours by a whole window, which Envoy's process-wide monotonic clock makes
+/// theoretical) keeps its epoch and takes the counts, so none is lost.
+pub fn add(
+    rec: &Record,
+    now_ns: u64,
+    window_ns: u64,
+    requests: u32,
+    retries: u32,
+    failures: u32,
+) -> Record {
+    let width = bucket_width(window_ns);
+    let mut next = if rec.width_ns == width {
+        rec.clone()
+    } else {
+        Record {
+            width_ns: width,
+            ..Record::default()
+        }
+    };
+    let epoch = now_ns / width;
+    if let Some(bucket) = next.buckets.get_mut(slot(epoch)) {
+        if bucket.epoch < epoch {
+            *bucket = Bucket {
+                epoch,
+                ..Bucket::default()
+            };
+        }
+        bucket.requests = bucket.requests.saturating_add(requests);
+        bucket.retries = bucket.retries.saturating_add(retries);
+        bucket.failures = bucket.failures.saturating_add(failures);
+    }
+    next
+}
+
+/// `(requests, retries, failures)` of the buckets inside the window at `now_ns`: those of the
+/// last [`BUCKETS`] epochs, the current one included (and any from a later epoch, see [`add`]).
+pub fn totals(rec: &Record, now_ns: u64, window_ns: u64) -> (u64, u64, u64) {
+    let width = bucket_width(window_ns);
+    if rec.width_ns != width {
+        return (0, 0, 0);
+    }
+    let epoch = now_ns / width;
+    rec.buckets
+        .iter()
+        .filter(|b| b.epoch.saturating_add(BUCKETS as u64) > epoch)
+        .fold((0, 0, 0), |(q, r, f), b| {
+            (
+                q + u64::from(b.requests),
+                r + u64::from(b.retries),
+                f + u64::from(b.failures),
+            )
+        })
+}
+
+/// Whether one more retry fits: the window's retries are under [`Policy::allowance`].
+pub fn allows_retry(rec: &Record, now_ns: u64, policy: &Policy) -> bool {
+    let (requests, retries, _) = totals(rec, now_ns, policy.window_ns);
+    (retries as f64) < policy.allowance(requests)
+}
+
+/// Failed attempts over attempts (`requests + retries`) in the window, in `[0, 1]`; 0 when
+/// there were none.
+pub fn failure_ratio(rec: &Record, now_ns: u64, window_ns: u64) -> f64 {
+    let (requests, retries, failures) = totals(rec, now_ns, window_ns);
+    ratio(failures, requests.saturating_add(retries))
+}
+
+fn ratio(failures: u64, attempts: u64) -> f64 {
+    if attempts == 0 {
+        0.0
+    } else {
+        (failures as f64 / attempts as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// A worker's counts not yet flushed to shared data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub requests: u32,
+    pub retries: u32,
+    pub failures: u32,
+}
+
+impl Pending {
+    /// An original request (first attempt) went upstream.
+    pub fn request(&mut self) {
+        self.requests = self.requests.saturating_add(1);
+    }
+    /// A retry (attempt 2 or later) went upstream.
+    pub fn retry(&mut self) {
+        self.retries = self.retries.saturating_add(1);
+    }
+    /// An attempt failed.
+    pub fn failure(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What a worker caches between flushes: the window's totals as of its last flush.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Snapshot {
+    pub requests: u64,
+    pub retries: u64,
+    pub failures: u64,
+    /// [`allows_retry`] on the record, as of the flush.
+    pub allows_retry: bool,
+    /// [`failure_ratio`] of the record, as of the flush: the `adaptive` backoff's input.
+    pub failure_ratio: f64,
+}
+
+impl Snapshot {
+    pub fn of(rec: &Record, now_ns: u64, policy: &Policy) -> Self {
+        let (requests, retries, failures) = totals(rec, now_ns, policy.window_ns);
+        Self {
+            requests,
+            retries,
+            failures,
+            allows_retry: (retries as f64) < policy.allowance(requests),
+            failure_ratio: ratio(failures, requests.saturating_add(retries)),
+        }
+    }
+
+    /// Whether one more retry fits once this worker's unflushed counts are added to the
+    /// snapshot: tighter than [`Snapshot::allows_retry`] between flushes, since a worker then
+    /// stops at the headroom it saw instead of retrying for a whole tick on a stale `true`.
+    pub fn allows_retry_with(&self, pending: &Pending, policy: &Policy) -> bool {
+        let requests = self.requests.saturating_add(u64::from(pending.requests));
+        let retries = self.retries.saturating_add(u64::from(pending.retries));
+        (retries as f64) < policy.allowance(requests)
+    }
+}
+
+/// The result of a landed [`flush`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Flushed {
+    /// The record as it now stands (what was written, or what was read).
+    pub record: Record,
+    pub snapshot: Snapshot,
+    /// The stored value did not decode and was treated as fresh (and overwritten, if there
+    /// was anything to write).
+    pub was_corrupt: bool,
+}
+
+/// Adds `pending` to the route's record at `key` with a bounded compare-and-swap loop, and
+/// returns the record's [`Snapshot`] at `now_ns`. On success `pending` is emptied; on any error
+/// it is left as it was, to be flushed on the next tick. With nothing pending it only reads
+/// (the snapshot still moves with other workers' counts and the window), and never writes.
+pub fn flush<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+    pending: &mut Pending,
+    now_ns: u64,
+    policy: &Policy,
+) -> Result<Flushed, UpdateError> {
+    let counts = *pending;
+    let (record, was_corrupt) = store::update_value(store, key, |current: &Record| {
+        (!counts.is_empty()).then(|| {
+            add(
+                current,
+                now_ns,
+                policy.window_ns,
+                counts.requests,
+                counts.retries,
+                counts.failures,
+            )
+        })
+    })?;
+    *pending = Pending::default();
+    Ok(Flushed {
+        snapshot: Snapshot::of(&record, now_ns, policy),
+        record,
+        was_corrupt,
+    })
+}
+
+impl Codec for Record {
+    fn encode(&self) -> Vec<u8> {
+        Record::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Record::decode(bytes)
+    }
+}
+
+/// The record at `key`: see [`store::load_value`].
+pub fn load<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+) -> Result<(Record, u32, bool), UpdateError> {
+    store::load_value(store, key)
+}
+
+/// Creates `key` with a fresh record unless it holds a readable one: see
+/// [`store::ensure_value`].
+pub fn ensure<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<bool, UpdateError> {
+    store::ensure_value::<S, Record>(store, key)
+}
