@@ -14,6 +14,7 @@
 //! request admitted before a transition cannot move the breaker after it.
 
 use crate::config::BreakerPolicy;
+use crate::le::Reader;
 use crate::NANOS_PER_SEC;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -132,7 +133,7 @@ impl Record {
 
     /// Total: any bytes either decode to a record or give `None`.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader { bytes };
+        let mut r = Reader::new(bytes);
         if r.u8()? != RECORD_VERSION {
             return None;
         }
@@ -147,7 +148,7 @@ impl Record {
         let changed_at_unix_ms = r.u64()?;
         let count = r.u8()?;
         let probes = (0..count).map(|_| r.u64()).collect::<Option<Vec<_>>>()?;
-        if !r.bytes.is_empty() {
+        if !r.is_done() {
             return None;
         }
         Some(Self {
@@ -216,27 +217,6 @@ impl Record {
 /// How long the breaker stays open on its `trips`-th consecutive trip.
 pub fn recovery_timeout(policy: &BreakerPolicy, _trips: u32) -> u64 {
     policy.recovery_timeout
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.bytes.split_first_chunk::<N>()?;
-        self.bytes = rest;
-        Some(*head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|[b]| b)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take().map(u64::from_le_bytes)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,6 +17,7 @@ pub mod config;
 pub mod duration;
 pub mod fault;
 pub mod health;
+mod le;
 pub mod pbstruct;
 pub mod retry;
 pub mod routes;

@@ -37,6 +37,7 @@
 //! The key is [`budget_key`]: `marty.resilience/v1/budget/<route>`, created at configure time
 //! with [`ensure`] (as breaker keys are), since keys cannot be deleted.
 
+use crate::le::Reader;
 use crate::store::{self, Codec, SharedStore, UpdateError};
 use crate::NANOS_PER_SEC;
 
@@ -145,7 +146,7 @@ impl Record {
     /// Total: any bytes either decode to a record or give `None` (wrong version or length, or
     /// a bucket with counts outside its epoch's slot).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader { bytes };
+        let mut r = Reader::new(bytes);
         if r.u8()? != RECORD_VERSION {
             return None;
         }
@@ -164,31 +165,10 @@ impl Record {
                 return None;
             }
         }
-        if !r.bytes.is_empty() {
+        if !r.is_done() {
             return None;
         }
         Some(record)
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.bytes.split_first_chunk::<N>()?;
-        self.bytes = rest;
-        Some(*head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|[b]| b)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take().map(u64::from_le_bytes)
     }
 }
 
