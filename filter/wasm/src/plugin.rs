@@ -46,6 +46,17 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// Nothing for the tick to do: CLOSED with no failure streak as of the last read, and no
+    /// worker has opened the breaker since (the state gauge is then already right).
+    pub fn is_quiet(&self) -> bool {
+        self.admit_fast().is_some()
+            && self
+                .view
+                .borrow()
+                .as_ref()
+                .is_some_and(|v| v.consecutive_failures == 0)
+    }
+
     /// Admission without shared data when nothing can have changed: the breaker was CLOSED at
     /// the last read and `circuit_opened_total` (one Envoy counter, which every worker that
     /// opens the breaker increments right after its write lands) has not moved. A counter read
@@ -399,8 +410,9 @@ impl Plugin {
         }
     }
 
-    /// Housekeeping on every known bucket: lazy transitions that are due, and the state gauge
-    /// re-recorded from the shared record.
+    /// Housekeeping on every known bucket that may need it (quiet CLOSED ones are skipped, so
+    /// the cost follows the routes in trouble, not all routes): lazy transitions that are due,
+    /// and the state gauge re-recorded from the shared record.
     pub fn tick(&self) {
         let now = now();
         self.release_due(now.mono_ns);
@@ -414,7 +426,7 @@ impl Plugin {
         for bucket in buckets {
             let route = bucket.route.borrow().clone();
             let policy = &route.policy.circuit_breaker;
-            if !policy.enabled {
+            if !policy.enabled || bucket.is_quiet() {
                 continue;
             }
             if self
