@@ -243,6 +243,7 @@ fn route_metadata_of_an_unconfigured_route_lays_over_the_defaults() {
             ..s.defaults.circuit_breaker.clone()
         },
         failure_injection: s.defaults.failure_injection.clone(),
+        retry: s.defaults.retry.clone(),
     };
     assert_eq!(p, expected);
     assert_eq!(s.with_metadata("search", &json!({})).unwrap(), s.defaults);

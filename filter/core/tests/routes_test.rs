@@ -30,6 +30,7 @@ fn with_threshold(base: &RoutePolicy, failure_threshold: u32) -> RoutePolicy {
             ..base.circuit_breaker.clone()
         },
         failure_injection: base.failure_injection.clone(),
+        retry: base.retry.clone(),
     }
 }
 

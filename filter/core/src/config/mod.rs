@@ -11,6 +11,7 @@ pub mod codes;
 mod fault;
 mod json;
 mod presets;
+pub mod retry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +53,7 @@ impl std::error::Error for ConfigError {}
 pub struct RoutePolicy {
     pub circuit_breaker: BreakerPolicy,
     pub failure_injection: FaultPolicy,
+    pub retry: retry::RetryPolicy,
 }
 
 impl RoutePolicy {

@@ -3,6 +3,9 @@
 //! in step.
 
 use super::codes::{GrpcSet, StatusSet};
+use super::retry::RetryPolicy;
+use crate::retry::backoff::{Backoff, Strategy};
+use crate::retry::budget;
 use super::{BreakerPolicy, RoutePolicy};
 use crate::NANOS_PER_SEC;
 
@@ -26,6 +29,34 @@ const fn secs(s: u64) -> u64 {
 }
 
 impl Environment {
+    /// The Marty retry defaults of each environment (production from the guide's YAML).
+    fn retry_preset(self) -> RetryPolicy {
+        let (max_attempts, base_ms, max_secs) = match self {
+            Self::Production => (5, 200, 60),
+            Self::Development => (3, 100, 10),
+            Self::Testing => (3, 50, 1),
+        };
+        RetryPolicy {
+            enabled: false,
+            max_attempts,
+            retry_on: ["5xx", "reset", "connect-failure", "retriable-status-codes"]
+                .map(String::from)
+                .to_vec(),
+            grpc_retry_on: ["unavailable", "deadline-exceeded"]
+                .map(String::from)
+                .to_vec(),
+            retriable_status_codes: vec![503],
+            per_try_timeout: secs(2),
+            backoff: Backoff::new(
+                Strategy::ExponentialJitter,
+                base_ms * NANOS_PER_SEC / 1000,
+                secs(max_secs),
+            ),
+            budget: budget::Policy::default(),
+            trust_client_headers: false,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Development => "development",
@@ -73,6 +104,8 @@ impl Environment {
             circuit_breaker,
             // Fault injection is off in every environment: it is on only where configured.
             failure_injection: super::fault::default_policy(),
+            // Retries too: they change what a service sees (a POST retried runs twice).
+            retry: self.retry_preset(),
         }
     }
 }
