@@ -214,9 +214,22 @@ impl Record {
     }
 }
 
-/// How long the breaker stays open on its `trips`-th consecutive trip.
-pub fn recovery_timeout(policy: &BreakerPolicy, _trips: u32) -> u64 {
-    policy.recovery_timeout
+/// How long the breaker stays open on its `trips`-th consecutive trip (1 on the first open):
+/// `recovery_backoff` applied to `recovery_timeout` as the base delay, capped by
+/// `max_recovery_timeout`. `fixed` gives `recovery_timeout` on every trip. (Configuration
+/// ensures the cap is at least `recovery_timeout`; a policy built otherwise is never cut below
+/// it either.)
+pub fn recovery_timeout(policy: &BreakerPolicy, trips: u32) -> u64 {
+    use crate::retry::backoff::{Backoff, DEFAULT_MULTIPLIER, DEFAULT_POLYNOMIAL_DEGREE};
+    Backoff {
+        strategy: policy.recovery_backoff,
+        base_delay: policy.recovery_timeout,
+        max_delay: policy.max_recovery_timeout.max(policy.recovery_timeout),
+        multiplier: DEFAULT_MULTIPLIER,
+        polynomial_degree: DEFAULT_POLYNOMIAL_DEGREE,
+        jitter: 0.0,
+    }
+    .delay(trips, 0.0, 1.0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

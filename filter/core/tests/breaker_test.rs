@@ -17,6 +17,7 @@ use marty_resilience_core::breaker::{
     self, retry_after_secs, Decision, Outcome, Record, State, Ticket, Transition,
 };
 use marty_resilience_core::config::BreakerPolicy;
+use marty_resilience_core::retry::backoff::Strategy;
 
 /// A breaker opened by three failures at `t0`; returns it with `open_until`.
 fn opened_at(t0: u64) -> (Breaker, u64) {
@@ -672,4 +673,119 @@ fn leases_stay_unique_and_bounded_when_the_clock_is_at_its_end() {
         marty_resilience_core::breaker::unique_lease(1, 0, &[1, 2]),
         Some(3)
     );
+}
+
+// ---------------------------------------------------------------- recovery backoff
+
+/// Production numbers (30 s open) growing exponentially, capped at `max` seconds.
+fn backoff_policy(strategy: Strategy, max: u64) -> BreakerPolicy {
+    BreakerPolicy {
+        recovery_timeout: 30 * S,
+        recovery_backoff: strategy,
+        max_recovery_timeout: max * S,
+        half_open_success_threshold: 1,
+        ..policy()
+    }
+}
+
+/// Lets the breaker's probe through at `t` (when its open period ends) and fails it; returns
+/// the new open period's end.
+fn fail_probe(b: &mut Breaker, t: u64) -> u64 {
+    assert_eq!(
+        b.rec.open_until_ns, t,
+        "probes are let through at open_until"
+    );
+    let ticket = b.allow(t);
+    assert!(ticket.probe.is_some());
+    assert_eq!(
+        b.record(t, ticket, Outcome::Failure).0,
+        Some(Transition::Opened)
+    );
+    b.rec.open_until_ns
+}
+
+#[test]
+fn exponential_recovery_backoff_doubles_the_open_period_up_to_its_cap() {
+    let mut b = Breaker::new(backoff_policy(Strategy::Exponential, 100));
+    for _ in 0..3 {
+        b.request(0, Outcome::Failure);
+    }
+    assert_eq!((b.rec.state, b.rec.trips), (State::Open, 1));
+    // Trip 1: 30 s; retry-after says the whole period.
+    assert_eq!(b.rec.open_until_ns, 30 * S);
+    assert_eq!(b.reject(0), (State::Open, 30 * S));
+    // Trip 2: 60 s.
+    let t2 = fail_probe(&mut b, 30 * S);
+    assert_eq!((t2, b.rec.trips), (90 * S, 2));
+    assert_eq!(b.reject(30 * S), (State::Open, 60 * S));
+    assert_eq!(retry_after_secs(60 * S), 60);
+    // Trip 3 would be 120 s: capped at max_recovery_timeout, 100 s.
+    let t3 = fail_probe(&mut b, t2);
+    assert_eq!((t3 - t2, b.rec.trips), (100 * S, 3));
+    assert_eq!(b.reject(t2 + S), (State::Open, 99 * S));
+    // And stays there.
+    let t4 = fail_probe(&mut b, t3);
+    assert_eq!((t4 - t3, b.rec.trips), (100 * S, 4));
+}
+
+#[test]
+fn exponential_recovery_periods_are_30_60_120_seconds_below_the_default_cap() {
+    let p = backoff_policy(Strategy::Exponential, 300);
+    let periods: Vec<u64> = (1..=6)
+        .map(|k| breaker::recovery_timeout(&p, k) / S)
+        .collect();
+    assert_eq!(periods, [30, 60, 120, 240, 300, 300]);
+}
+
+#[test]
+fn closing_resets_the_trips_and_the_next_open_is_the_first_again() {
+    let mut b = Breaker::new(backoff_policy(Strategy::Exponential, 300));
+    for _ in 0..3 {
+        b.request(0, Outcome::Failure);
+    }
+    let t2 = fail_probe(&mut b, 30 * S);
+    assert_eq!((t2, b.rec.trips), (90 * S, 2));
+    // A successful probe closes the breaker (one success needed here).
+    let ticket = b.allow(t2);
+    assert_eq!(
+        b.record(t2, ticket, Outcome::Success).0,
+        Some(Transition::Closed)
+    );
+    assert_eq!((b.rec.state, b.rec.trips), (State::Closed, 0));
+    // The next streak opens for recovery_timeout again, not 120 s.
+    let t = t2 + S;
+    for _ in 0..3 {
+        b.request(t, Outcome::Failure);
+    }
+    assert_eq!((b.rec.state, b.rec.trips), (State::Open, 1));
+    assert_eq!(b.rec.open_until_ns, t + 30 * S);
+    assert_eq!(b.reject(t), (State::Open, 30 * S));
+}
+
+#[test]
+fn fixed_recovery_backoff_keeps_recovery_timeout_on_every_trip() {
+    let fixed = backoff_policy(Strategy::Fixed, 300);
+    for trips in [0, 1, 2, 3, 10, u32::MAX] {
+        assert_eq!(breaker::recovery_timeout(&fixed, trips), 30 * S, "{trips}");
+    }
+    // Even a policy built with a cap below recovery_timeout (configuration rejects one).
+    let odd = BreakerPolicy {
+        max_recovery_timeout: S,
+        ..fixed
+    };
+    assert_eq!(breaker::recovery_timeout(&odd, 5), 30 * S);
+}
+
+#[test]
+fn every_deterministic_recovery_backoff_grows_as_documented() {
+    let periods = |strategy| -> Vec<u64> {
+        let p = backoff_policy(strategy, 86_400);
+        (1..=5)
+            .map(|k| breaker::recovery_timeout(&p, k) / S)
+            .collect()
+    };
+    assert_eq!(periods(Strategy::Linear), [30, 60, 90, 120, 150]);
+    assert_eq!(periods(Strategy::Exponential), [30, 60, 120, 240, 480]);
+    assert_eq!(periods(Strategy::Fibonacci), [30, 30, 60, 90, 150]);
+    assert_eq!(periods(Strategy::Polynomial), [30, 120, 270, 480, 750]);
 }

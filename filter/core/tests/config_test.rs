@@ -12,6 +12,7 @@
 mod common;
 
 use common::{for_each_seed, MS, S};
+use marty_resilience_core::config::RECOVERY_STRATEGIES;
 use marty_resilience_core::config::{
     codes::grpc_code, stat_name, BreakerPolicy, ConfigError, Environment, GrpcSet, RoutePolicy,
     Settings, StatusSet, DEFAULT_ROUTE, MAX_HALF_OPEN_REQUESTS, MAX_METHOD_RATES,
@@ -60,8 +61,8 @@ fn cb(config: &str) -> BreakerPolicy {
     parse(config).defaults.circuit_breaker
 }
 
-const CB_FIELDS: &str = "enabled, failure_threshold, recovery_timeout, \
-    half_open_success_threshold, half_open_max_requests, half_open_probe_timeout, \
+const CB_FIELDS: &str = "enabled, failure_threshold, recovery_timeout, recovery_backoff, \
+    max_recovery_timeout, half_open_success_threshold, half_open_max_requests, half_open_probe_timeout, \
     failure_reset_timeout, max_concurrent_requests, failure_status_codes, \
     ignored_status_codes, failure_grpc_status, count_connect_failures";
 
@@ -69,8 +70,8 @@ const FI_FIELDS: &str = "enabled, base_failure_rate, method_specific_rates, abor
     max_active_faults, header_trigger";
 
 const UNKNOWN_VARIABLE: &str = "unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, \
-    MARTY_RESILIENCE_ENVIRONMENT, MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD> or \
-    MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD> (fields in upper case, as in \
+    MARTY_RESILIENCE_ENVIRONMENT, MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD>, \
+    MARTY_RESILIENCE_RETRY_<FIELD> or MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD> (fields in upper case, as in \
     docs/configuration.md)";
 
 const DURATION: &str = "a duration > 0 (seconds as a number, or a string like \"250ms\" or \
@@ -257,6 +258,8 @@ fn every_field_can_be_set_at_every_layer() {
             "enabled": n % 2 == 0,
             "failure_threshold": n,
             "recovery_timeout": n,
+            "recovery_backoff": RECOVERY_STRATEGIES[n as usize % 5].name(),
+            "max_recovery_timeout": 10 * n,
             "half_open_success_threshold": n,
             "half_open_max_requests": n,
             "half_open_probe_timeout": n,
@@ -272,6 +275,8 @@ fn every_field_can_be_set_at_every_layer() {
         enabled: n % 2 == 0,
         failure_threshold: n,
         recovery_timeout: u64::from(n) * S,
+        recovery_backoff: RECOVERY_STRATEGIES[n as usize % 5],
+        max_recovery_timeout: 10 * u64::from(n) * S,
         half_open_success_threshold: n,
         half_open_max_requests: n,
         half_open_probe_timeout: u64::from(n) * S,
@@ -430,7 +435,7 @@ fn other_variables_are_ignored() {
 #[test]
 fn unknown_marty_resilience_variables_are_rejected() {
     // Outside any section: the general list of variable families.
-    for name in ["MARTY_RESILIENCE_FOO", "MARTY_RESILIENCE_RETRY_ATTEMPTS"] {
+    for name in ["MARTY_RESILIENCE_FOO", "MARTY_RESILIENCE_RETRIES"] {
         assert_eq!(
             error_env("", &[(name, "1")]),
             format!("{name}: {UNKNOWN_VARIABLE}")
@@ -438,7 +443,8 @@ fn unknown_marty_resilience_variables_are_rejected() {
     }
     // Inside a section: every variable the section has, spelled as variables.
     let breaker_vars = "MARTY_RESILIENCE_CIRCUIT_BREAKER_ENABLED, MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD, \
-        MARTY_RESILIENCE_CIRCUIT_BREAKER_RECOVERY_TIMEOUT, MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_SUCCESS_THRESHOLD, \
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_RECOVERY_TIMEOUT, MARTY_RESILIENCE_CIRCUIT_BREAKER_RECOVERY_BACKOFF, \
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_MAX_RECOVERY_TIMEOUT, MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_SUCCESS_THRESHOLD, \
         MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_MAX_REQUESTS, MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_PROBE_TIMEOUT, \
         MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_RESET_TIMEOUT, MARTY_RESILIENCE_CIRCUIT_BREAKER_MAX_CONCURRENT_REQUESTS, \
         MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_STATUS_CODES, MARTY_RESILIENCE_CIRCUIT_BREAKER_IGNORED_STATUS_CODES, \
@@ -577,7 +583,10 @@ fn a_bad_variable_is_reported_even_when_the_json_is_fine() {
 #[test]
 fn durations_are_seconds_or_strings_with_units() {
     let d = |v: Value| {
-        let config = json!({"circuit_breaker": {"recovery_timeout": v}}).to_string();
+        // The longest open period is raised too: it must be at least recovery_timeout.
+        let config =
+            json!({"circuit_breaker": {"recovery_timeout": v, "max_recovery_timeout": "24h"}})
+                .to_string();
         cb(&config).recovery_timeout
     };
     assert_eq!(d(json!(30)), 30 * S);
@@ -790,20 +799,20 @@ fn unknown_fields_list_the_expected_ones() {
 }
 
 #[test]
-fn the_reserved_retry_section_accepts_only_an_empty_object() {
+fn an_empty_retry_section_changes_nothing() {
     let s = parse(
         r#"{"retry": {}, "failure_injection": {},
             "routes": {"users": {"retry": {}, "failure_injection": {}}}}"#,
     );
     assert_eq!(s.defaults, Environment::Production.preset());
     assert_eq!(s.routes["users"], Environment::Production.preset());
+    // The section's own fields and errors: tests/retry_config_test.rs.
     assert_eq!(
-        error(r#"{"retry": {"attempts": 3}}"#),
-        "retry.attempts: unknown field (this section takes no fields yet)"
-    );
-    assert_eq!(
-        error(r#"{"routes": {"users": {"retry": {"max_attempts": 3}}}}"#),
-        "routes.users.retry.max_attempts: unknown field (this section takes no fields yet)"
+        error(r#"{"routes": {"users": {"retry": {"attempts": 3}}}}"#),
+        "routes.users.retry.attempts: unknown field, expected one of: enabled, max_attempts, \
+         retry_on, grpc_retry_on, retriable_status_codes, per_try_timeout, base_delay, \
+         max_delay, backoff_strategy, multiplier, polynomial_degree, jitter, budget, \
+         trust_client_headers"
     );
     assert_eq!(
         error(r#"{"retry": true}"#),
@@ -1076,10 +1085,13 @@ fn resolved_policies_round_trip_through_to_json() {
             failure = StatusSet::parse(&Value::Array(items), "x").map_err(|e| e.to_string())?;
         }
         let duration = |rng: &mut rand::rngs::StdRng| rng.gen_range(1..=86_400 * S);
+        let recovery_timeout = duration(rng);
         let policy = BreakerPolicy {
             enabled: rng.gen(),
             failure_threshold: rng.gen_range(1..=u32::MAX),
-            recovery_timeout: duration(rng),
+            recovery_timeout,
+            recovery_backoff: RECOVERY_STRATEGIES[rng.gen_range(0..5)],
+            max_recovery_timeout: rng.gen_range(recovery_timeout..=86_400 * S),
             half_open_success_threshold: rng.gen_range(1..=1000),
             half_open_max_requests: rng.gen_range(1..=MAX_HALF_OPEN_REQUESTS),
             half_open_probe_timeout: duration(rng),

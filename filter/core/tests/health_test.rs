@@ -374,8 +374,10 @@ fn settings_are_shown_only_for_routes_this_worker_resolved() {
         .as_object()
         .unwrap_or_else(|| panic!("{json}"));
     assert!(mine.contains_key("circuit_breaker"));
+    assert!(mine.contains_key("retry"));
     assert!(mine.contains_key("failure_injection"));
     assert!(!theirs.contains_key("circuit_breaker"));
+    assert!(!theirs.contains_key("retry"));
     assert!(!theirs.contains_key("failure_injection"));
     // The shared facts are there for both.
     let facts = [
@@ -393,7 +395,7 @@ fn settings_are_shown_only_for_routes_this_worker_resolved() {
         assert!(theirs.contains_key(key), "{key}");
     }
     assert_eq!(theirs.len(), facts.len());
-    assert_eq!(mine.len(), facts.len() + 2);
+    assert_eq!(mine.len(), facts.len() + 3);
     assert_eq!(theirs["active_requests"], 2);
 }
 

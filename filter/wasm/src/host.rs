@@ -86,6 +86,13 @@ extern "C" {
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
@@ -174,6 +181,20 @@ pub fn remove_header(map: Map, name: &str) {
     // SAFETY: pointer to a live borrow for the duration of the call.
     unsafe {
         proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len());
+    }
+}
+
+/// Sets a header, replacing any value it had.
+pub fn set_header(map: Map, name: &str, value: &str) {
+    // SAFETY: pointers to live borrows for the duration of the call.
+    unsafe {
+        proxy_replace_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        );
     }
 }
 

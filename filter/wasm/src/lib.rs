@@ -47,6 +47,15 @@ impl RootContext for Root {
                     settings.environment.name(),
                     settings.routes.len()
                 );
+                let retries = std::iter::once(&settings.defaults)
+                    .chain(settings.routes.values())
+                    .any(|p| p.retry.enabled);
+                if retries {
+                    log::warn!(
+                        "retry: the policy's headers, breaker and budget apply; its backoff settings \
+                         do not yet (Envoy's retry_back_off governs the time between tries)"
+                    );
+                }
                 self.plugin = Some(Rc::new(Plugin::new(settings)));
                 host::set_tick_period_ms(plugin::TICK_MS);
                 true

@@ -11,7 +11,7 @@
 use crate::host::{self, MetricKind};
 
 /// Per-route counter leaves, in documentation order.
-pub const ROUTE_COUNTERS: [&str; 12] = [
+pub const ROUTE_COUNTERS: [&str; 15] = [
     "requests_total",
     "success_total",
     "failure_total",
@@ -24,6 +24,9 @@ pub const ROUTE_COUNTERS: [&str; 12] = [
     "faults_delayed_total",
     "faults_overflow_total",
     "fault_header_rejected_total",
+    "retry_attempts_total",
+    "retries_suppressed_breaker_total",
+    "retries_suppressed_budget_total",
 ];
 
 pub const ROUTE_GAUGES: [&str; 3] = ["circuit_state", "active_requests", "active_faults"];
@@ -53,6 +56,9 @@ pub struct RouteMetrics {
     pub faults_delayed: Option<u32>,
     pub faults_overflow: Option<u32>,
     pub fault_header_rejected: Option<u32>,
+    pub retry_attempts: Option<u32>,
+    pub retries_suppressed_breaker: Option<u32>,
+    pub retries_suppressed_budget: Option<u32>,
     pub circuit_state: Option<u32>,
     pub active_requests: Option<u32>,
     pub active_faults: Option<u32>,
@@ -72,7 +78,7 @@ impl RouteMetrics {
                 &format!("{PREFIX}.route.{stat_name}.{leaf}"),
             )
         };
-        let [requests, success, failure, rejected, opened, half_opened, closed, concurrency_rejected, faults_aborted, faults_delayed, faults_overflow, fault_header_rejected] =
+        let [requests, success, failure, rejected, opened, half_opened, closed, concurrency_rejected, faults_aborted, faults_delayed, faults_overflow, fault_header_rejected, retry_attempts, retries_suppressed_breaker, retries_suppressed_budget] =
             ROUTE_COUNTERS.map(counter);
         let [circuit_state, active_requests, active_faults] = ROUTE_GAUGES.map(gauge);
         Self {
@@ -88,6 +94,9 @@ impl RouteMetrics {
             faults_delayed,
             faults_overflow,
             fault_header_rejected,
+            retry_attempts,
+            retries_suppressed_breaker,
+            retries_suppressed_budget,
             circuit_state,
             active_requests,
             active_faults,

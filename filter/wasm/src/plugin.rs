@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use log::{error, warn};
 use marty_resilience_core::breaker::{Now, Record, State, Step, Transition};
 use marty_resilience_core::config::{Settings, DEFAULT_ROUTE};
+use marty_resilience_core::retry::budget;
 use marty_resilience_core::routes::{resolve, Route};
 use marty_resilience_core::store::{self, UpdateError, Updated};
 use marty_resilience_core::{pbstruct, NANOS_PER_SEC};
@@ -39,6 +40,8 @@ pub struct Bucket {
     /// The record as this VM last read or wrote it: lets a success skip the write when there
     /// is no failure streak to reset.
     pub view: RefCell<Option<Record>>,
+    /// This worker's retry-budget counts since the last flush, and the route's budget as of it.
+    pub budget: RefCell<(budget::Pending, Option<budget::Snapshot>)>,
     /// `circuit_opened_total` as it stood before the read that last showed the breaker CLOSED.
     /// While the counter still reads the same, no worker has opened the breaker since, so a
     /// request can be admitted from `view` without reading shared data (see `admit_fast`).
@@ -209,6 +212,7 @@ impl Plugin {
             metrics: RouteMetrics::define(&route.stat_name),
             view: RefCell::new(None),
             closed_as_of_opened: Cell::new(None),
+            budget: RefCell::new((budget::Pending::default(), None)),
             route: RefCell::new(Rc::new(route)),
         });
         let name = bucket.route.borrow().bucket.clone();
@@ -397,6 +401,25 @@ impl Plugin {
         }
     }
 
+    /// Adds this worker's retry-budget counts to the route's shared record and keeps the
+    /// budget as it now stands: requests decide on it until the next tick.
+    fn flush_budget(&self, bucket: &Bucket, route: &Route, now_ns: u64) {
+        let key = budget::budget_key(&route.bucket);
+        let mut state = bucket.budget.borrow_mut();
+        let (pending, snapshot) = &mut *state;
+        match budget::flush(
+            &HostStore,
+            &key,
+            pending,
+            now_ns,
+            &route.policy.retry.budget,
+        ) {
+            Ok(flushed) => *snapshot = Some(flushed.snapshot),
+            // The counts stay pending for the next tick.
+            Err(e) => self.store_failed(&key, e),
+        }
+    }
+
     fn store_failed(&self, key: &str, e: UpdateError) {
         match e {
             UpdateError::Exhausted => {
@@ -425,6 +448,9 @@ impl Plugin {
         let buckets: Vec<Rc<Bucket>> = self.buckets.borrow().values().cloned().collect();
         for bucket in buckets {
             let route = bucket.route.borrow().clone();
+            if route.policy.retry.enabled {
+                self.flush_budget(&bucket, &route, now.mono_ns);
+            }
             let policy = &route.policy.circuit_breaker;
             if !policy.enabled || bucket.is_quiet() {
                 continue;

@@ -20,6 +20,7 @@ use crate::metrics::inc;
 use crate::plugin::{now, AbortReply, Bucket, Plugin};
 
 mod faults;
+mod retries;
 
 pub struct Stream {
     context_id: u32,
@@ -36,6 +37,8 @@ pub struct Stream {
     parked: bool,
     /// `:path`, when something already needed it.
     path: Option<String>,
+    /// The route's retry policy applied to this request (its attempts are then counted).
+    retries_enabled: bool,
     finished: bool,
 }
 
@@ -51,6 +54,7 @@ impl Stream {
             fault_active: false,
             parked: false,
             path: None,
+            retries_enabled: false,
             finished: false,
         }
     }
@@ -100,6 +104,16 @@ impl Stream {
             None => None,
         };
         match self.admit(&bucket, now) {
+            Action::Continue if route.policy.retry.enabled => {
+                self.apply_retry_policy(&bucket, &route.policy.retry);
+                match delay {
+                    Some(nanos) => {
+                        self.applied(&bucket, fault.as_ref());
+                        self.hold(now.mono_ns, nanos, None)
+                    }
+                    None => Action::Continue,
+                }
+            }
             Action::Continue => match delay {
                 Some(nanos) => {
                     self.applied(&bucket, fault.as_ref());
@@ -221,7 +235,12 @@ impl Stream {
         };
         match outcome {
             Outcome::Success => inc(bucket.metrics.success),
-            Outcome::Failure => inc(bucket.metrics.failure),
+            Outcome::Failure => {
+                inc(bucket.metrics.failure);
+                if self.retries_enabled {
+                    bucket.budget.borrow_mut().0.failure();
+                }
+            }
             Outcome::Ignored => {}
         }
         // The common case, a success with no failure streak to reset, needs no shared write.
@@ -335,6 +354,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if self.retries_enabled {
+            self.count_attempts();
+        }
         if self.ticket.is_none() {
             return Action::Continue;
         }

@@ -4,8 +4,9 @@
 use serde_json::{json, Value};
 
 use super::codes::{GrpcSet, StatusSet};
-use super::json::{boolean, duration_nanos, integer_u32, unknown_field};
+use super::json::{boolean, duration_nanos, err, expected, integer_u32, join, unknown_field};
 use super::ConfigError;
+use crate::retry::backoff::Strategy;
 
 /// Probe slots live inside one fixed-size shared-data value; this bounds its size.
 pub const MAX_HALF_OPEN_REQUESTS: u32 = 64;
@@ -16,8 +17,14 @@ pub struct BreakerPolicy {
     pub enabled: bool,
     /// Consecutive failures that open the breaker.
     pub failure_threshold: u32,
-    /// How long the breaker stays open before letting probes through (nanoseconds).
+    /// How long the breaker stays open before letting probes through (nanoseconds); with
+    /// `recovery_backoff`, the open period of the first trip.
     pub recovery_timeout: u64,
+    /// How the open period grows with consecutive trips (deterministic strategies only;
+    /// `fixed` keeps `recovery_timeout` on every trip).
+    pub recovery_backoff: Strategy,
+    /// Cap of the open period however many trips (nanoseconds); at least `recovery_timeout`.
+    pub max_recovery_timeout: u64,
     /// Probe successes in HALF_OPEN that close the breaker.
     pub half_open_success_threshold: u32,
     /// Probes allowed in flight at once in HALF_OPEN, across all workers.
@@ -42,6 +49,8 @@ impl BreakerPolicy {
             "enabled": self.enabled,
             "failure_threshold": self.failure_threshold,
             "recovery_timeout": secs(self.recovery_timeout),
+            "recovery_backoff": self.recovery_backoff.name(),
+            "max_recovery_timeout": secs(self.max_recovery_timeout),
             "half_open_success_threshold": self.half_open_success_threshold,
             "half_open_max_requests": self.half_open_max_requests,
             "half_open_probe_timeout": secs(self.half_open_probe_timeout),
@@ -65,6 +74,8 @@ pub struct BreakerPatch {
     pub enabled: Option<bool>,
     pub failure_threshold: Option<u32>,
     pub recovery_timeout: Option<u64>,
+    pub recovery_backoff: Option<Strategy>,
+    pub max_recovery_timeout: Option<u64>,
     pub half_open_success_threshold: Option<u32>,
     pub half_open_max_requests: Option<u32>,
     pub half_open_probe_timeout: Option<u64>,
@@ -81,6 +92,8 @@ pub const FIELDS: &[&str] = &[
     "enabled",
     "failure_threshold",
     "recovery_timeout",
+    "recovery_backoff",
+    "max_recovery_timeout",
     "half_open_success_threshold",
     "half_open_max_requests",
     "half_open_probe_timeout",
@@ -108,6 +121,10 @@ impl BreakerPatch {
                 self.failure_threshold = Some(integer_u32(value, path, 1, u32::MAX)?)
             }
             "recovery_timeout" => self.recovery_timeout = Some(duration_nanos(value, path, false)?),
+            "recovery_backoff" => self.recovery_backoff = Some(recovery_backoff(value, path)?),
+            "max_recovery_timeout" => {
+                self.max_recovery_timeout = Some(duration_nanos(value, path, false)?)
+            }
             "half_open_success_threshold" => {
                 self.half_open_success_threshold = Some(integer_u32(value, path, 1, u32::MAX)?)
             }
@@ -147,6 +164,8 @@ impl BreakerPatch {
         take(&mut policy.enabled, &self.enabled);
         take(&mut policy.failure_threshold, &self.failure_threshold);
         take(&mut policy.recovery_timeout, &self.recovery_timeout);
+        take(&mut policy.recovery_backoff, &self.recovery_backoff);
+        take(&mut policy.max_recovery_timeout, &self.max_recovery_timeout);
         take(
             &mut policy.half_open_success_threshold,
             &self.half_open_success_threshold,
@@ -175,4 +194,46 @@ impl BreakerPatch {
             &self.count_connect_failures,
         );
     }
+}
+
+/// Strategies `recovery_backoff` accepts: the deterministic ones. A breaker's open period is
+/// shared by every worker and reported in `retry-after`, so it takes no random draw, and it
+/// has no failure ratio to adapt to.
+pub const RECOVERY_STRATEGIES: [Strategy; 5] = [
+    Strategy::Fixed,
+    Strategy::Linear,
+    Strategy::Exponential,
+    Strategy::Fibonacci,
+    Strategy::Polynomial,
+];
+
+fn recovery_backoff(value: &Value, path: &str) -> Result<Strategy, ConfigError> {
+    value
+        .as_str()
+        .and_then(Strategy::parse)
+        .filter(|s| RECOVERY_STRATEGIES.contains(s))
+        .ok_or_else(|| {
+            expected(
+                path,
+                "one of \"fixed\", \"linear\", \"exponential\", \"fibonacci\", \"polynomial\"",
+                value,
+            )
+        })
+}
+
+/// Checks what only the resolved section can show (values from different layers together).
+pub fn validate(policy: &BreakerPolicy, path: &str) -> Result<(), ConfigError> {
+    // The ceiling only matters when the open period grows; a fixed one ignores it.
+    let grows = policy.recovery_backoff != crate::retry::backoff::Strategy::Fixed;
+    if grows && policy.max_recovery_timeout < policy.recovery_timeout {
+        return Err(err(
+            &join(path, "max_recovery_timeout"),
+            format!(
+                "must be >= recovery_timeout ({}), got {}",
+                crate::duration::display(policy.recovery_timeout),
+                crate::duration::display(policy.max_recovery_timeout)
+            ),
+        ));
+    }
+    Ok(())
 }

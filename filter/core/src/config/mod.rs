@@ -18,9 +18,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-pub use breaker::{BreakerPatch, BreakerPolicy, MAX_HALF_OPEN_REQUESTS};
+pub use breaker::{BreakerPatch, BreakerPolicy, MAX_HALF_OPEN_REQUESTS, RECOVERY_STRATEGIES};
 pub use codes::{GrpcSet, StatusSet};
 pub use fault::{FaultPatch, MAX_METHOD_RATES};
+pub use retry::RetryPatch;
 
 use crate::fault::FaultPolicy;
 use crate::health::Cidr;
@@ -61,8 +62,17 @@ impl RoutePolicy {
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "circuit_breaker": self.circuit_breaker.to_json(),
+            "retry": retry::to_json(&self.retry),
             "failure_injection": fault::to_json(&self.failure_injection),
         })
+    }
+
+    /// Checks what only the resolved policy can show (values from different layers together);
+    /// `prefix` is the path of the layer that resolved it (`""`, `routes.users`, ...).
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        breaker::validate(&self.circuit_breaker, &join(prefix, "circuit_breaker"))?;
+        retry::validate(&self.retry, &join(prefix, "retry"))?;
+        fault::validate(&self.failure_injection, &join(prefix, "failure_injection"))
     }
 }
 
@@ -71,6 +81,7 @@ impl RoutePolicy {
 pub struct RoutePatch {
     pub circuit_breaker: BreakerPatch,
     pub failure_injection: FaultPatch,
+    pub retry: RetryPatch,
 }
 
 const ROUTE_FIELDS: &[&str] = &["circuit_breaker", "retry", "failure_injection"];
@@ -112,11 +123,9 @@ impl RoutePatch {
                         patch.failure_injection.set(field, v, &join(&path, field))?;
                     }
                 }
-                // The retry section is reserved: its fields arrive with the feature, and until
-                // then any field is rejected rather than ignored.
                 "retry" => {
-                    if let Some(field) = object(value, &path)?.keys().next() {
-                        return Err(unknown_field(&join(&path, field), &[]));
+                    for (field, v) in object(value, &path)? {
+                        patch.retry.set(field, v, &join(&path, field))?;
                     }
                 }
                 other if skip.contains(&other) => {}
@@ -134,6 +143,7 @@ impl RoutePatch {
     pub fn apply(&self, policy: &mut RoutePolicy) {
         self.circuit_breaker.apply(&mut policy.circuit_breaker);
         self.failure_injection.apply(&mut policy.failure_injection);
+        self.retry.apply(&mut policy.retry);
     }
 }
 
@@ -276,7 +286,7 @@ impl Settings {
         top.apply(&mut defaults);
         env.patch.apply(&mut defaults);
         let injection_switch = env.injection_switch;
-        fault::validate(&defaults.failure_injection, "failure_injection")?;
+        defaults.validate("")?;
 
         let mut routes = BTreeMap::new();
         if let Some(value) = map.get("routes") {
@@ -295,7 +305,7 @@ impl Settings {
                 }
                 let mut policy = defaults.clone();
                 RoutePatch::parse(entry, &path)?.apply(&mut policy);
-                fault::validate(&policy.failure_injection, &join(&path, "failure_injection"))?;
+                policy.validate(&path)?;
                 switch_injection(&mut policy, injection_switch);
                 routes.insert(name.clone(), policy);
             }
@@ -322,7 +332,7 @@ impl Settings {
             .cloned()
             .unwrap_or_else(|| self.defaults.clone());
         patch.apply(&mut policy);
-        fault::validate(&policy.failure_injection, &join(&path, "failure_injection"))?;
+        policy.validate(&path)?;
         switch_injection(&mut policy, self.injection_switch);
         Ok(policy)
     }
@@ -459,7 +469,8 @@ impl EnvOverlay {
         Ok(overlay)
     }
 
-    /// `CIRCUIT_BREAKER_<FIELD>` or `FAILURE_INJECTION_[<OBJECT>_]<FIELD>`, upper case.
+    /// `CIRCUIT_BREAKER_<FIELD>`, `RETRY_[BUDGET_]<FIELD>` or
+    /// `FAILURE_INJECTION_[<OBJECT>_]<FIELD>`, upper case.
     fn set_field(&mut self, name: &str, rest: &str, raw: &str) -> Result<(), ConfigError> {
         let upper = rest
             .bytes()
@@ -476,6 +487,21 @@ impl EnvOverlay {
                     env_value(raw)
                 };
                 return self.patch.circuit_breaker.set(&field, &value, name);
+            } else if let Some(field) = rest.strip_prefix("RETRY_") {
+                let field = field.to_ascii_lowercase();
+                if !retry::ENV_FIELDS.contains(&field.as_str()) {
+                    return Err(unknown_variable(name, "RETRY", retry::ENV_FIELDS));
+                }
+                let value = if retry::LIST_FIELDS.contains(&field.as_str()) {
+                    env_list(raw)
+                } else {
+                    env_value(raw)
+                };
+                let retry = &mut self.patch.retry;
+                return match field.strip_prefix("budget_") {
+                    Some(inner) => retry.set_budget(inner, &value, name),
+                    None => retry.set(&field, &value, name),
+                };
             } else if let Some(field) = rest.strip_prefix("FAILURE_INJECTION_") {
                 if !fault::ENV_FIELDS.contains(&field.to_ascii_lowercase().as_str()) {
                     return Err(unknown_variable(
@@ -507,7 +533,8 @@ impl EnvOverlay {
         Err(err(
             name,
             "unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, MARTY_RESILIENCE_ENVIRONMENT, \
-             MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD> or MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD> \
+             MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD>, MARTY_RESILIENCE_RETRY_<FIELD> or \
+             MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD> \
              (fields in upper case, as in docs/configuration.md)",
         ))
     }

@@ -4,9 +4,9 @@
 
 use super::codes::{GrpcSet, StatusSet};
 use super::retry::RetryPolicy;
+use super::{BreakerPolicy, RoutePolicy};
 use crate::retry::backoff::{Backoff, Strategy};
 use crate::retry::budget;
-use super::{BreakerPolicy, RoutePolicy};
 use crate::NANOS_PER_SEC;
 
 /// Selects the preset (`environment` in the JSON, `MARTY_RESILIENCE_ENVIRONMENT`).
@@ -70,6 +70,8 @@ impl Environment {
             enabled: true,
             failure_threshold: 5,
             recovery_timeout: secs(30),
+            recovery_backoff: Strategy::Fixed,
+            max_recovery_timeout: secs(300),
             half_open_success_threshold: 2,
             half_open_max_requests: 1,
             half_open_probe_timeout: secs(30),

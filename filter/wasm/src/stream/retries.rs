@@ -1,0 +1,83 @@
+//! The retry half of a stream: the route's policy as Envoy's own retry headers, set before the
+//! router, with retries switched off while the breaker is not CLOSED or the route's retry
+//! budget is spent; and the attempts Envoy reports (`x-envoy-attempt-count`, with the virtual
+//! host's `include_attempt_count_in_response`) counted toward the budget.
+
+use log::debug;
+use marty_resilience_core::config::retry::{RetryPolicy, CLIENT_RETRY_HEADERS};
+
+use super::Stream;
+use crate::host::{self, Map};
+use crate::metrics::inc;
+use crate::plugin::Bucket;
+
+/// Attempts counted from one response, at most: Envoy's own retry limit is far lower.
+const MAX_COUNTED_ATTEMPTS: u32 = 16;
+
+impl Stream {
+    pub(super) fn apply_retry_policy(&mut self, bucket: &Bucket, policy: &RetryPolicy) {
+        self.retries_enabled = true;
+        let probe = self.ticket.is_some_and(|t| t.probe.is_some());
+        let max_retries = {
+            let mut budget = bucket.budget.borrow_mut();
+            let (pending, snapshot) = &mut *budget;
+            pending.request();
+            if probe {
+                // No retries into a probing upstream (Marty's enable_circuit_breaker).
+                inc(bucket.metrics.retries_suppressed_breaker);
+                0
+            } else if snapshot
+                .as_ref()
+                .is_some_and(|s| !s.allows_retry_with(pending, &policy.budget))
+            {
+                inc(bucket.metrics.retries_suppressed_budget);
+                debug!(
+                    "route {}: retry budget spent; no retries",
+                    bucket.route.borrow().bucket
+                );
+                0
+            } else {
+                policy.max_retries()
+            }
+        };
+        let headers = policy.headers(max_retries);
+        if policy.trust_client_headers {
+            // The client's own retry headers win; the policy fills in what it did not send.
+            for (name, value) in &headers {
+                if host::header(Map::RequestHeaders, name).is_none() {
+                    host::set_header(Map::RequestHeaders, name, value);
+                }
+            }
+            return;
+        }
+        for (name, value) in &headers {
+            host::set_header(Map::RequestHeaders, name, value);
+        }
+        // A client must not be able to multiply load on a struggling upstream.
+        for name in CLIENT_RETRY_HEADERS {
+            if !headers.iter().any(|(set, _)| set == name) {
+                host::remove_header(Map::RequestHeaders, name);
+            }
+        }
+    }
+
+    /// Retries Envoy made for this request, from the response's `x-envoy-attempt-count`.
+    pub(super) fn count_attempts(&mut self) {
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        let attempts = host::header(Map::ResponseHeaders, "x-envoy-attempt-count")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
+            .unwrap_or(1)
+            .min(MAX_COUNTED_ATTEMPTS);
+        let retries = attempts.saturating_sub(1);
+        if retries == 0 {
+            return;
+        }
+        host::increment_metric(bucket.metrics.retry_attempts, i64::from(retries));
+        let mut budget = bucket.budget.borrow_mut();
+        for _ in 0..retries {
+            budget.0.retry();
+        }
+    }
+}
