@@ -783,7 +783,7 @@ fn unknown_fields_list_the_expected_ones() {
     assert_eq!(
         error(r#"{"circuit_breakers": {}}"#),
         "circuit_breakers: unknown field, expected one of: service_name, environment, \
-         circuit_breaker, retry, failure_injection, health, routes"
+         circuit_breaker, retry, failure_injection, health, mode, routes"
     );
     assert_eq!(
         error(r#"{"routes": {"users": {"timeout": 1}}}"#),
@@ -1923,4 +1923,19 @@ fn the_json_service_name_and_environment_are_checked_even_when_overridden() {
     );
     assert_eq!(s.service_name, "env");
     assert_eq!(s.environment, Environment::Testing);
+}
+
+#[test]
+fn mode_selects_the_placement() {
+    use marty_resilience_core::config::Mode;
+    let parse = |json: &str| Settings::parse(json.as_bytes(), &[]);
+    assert_eq!(parse("{}").unwrap().mode, Mode::Downstream);
+    assert_eq!(
+        parse(r#"{"mode": "upstream"}"#).unwrap().mode,
+        Mode::Upstream
+    );
+    assert_eq!(
+        parse(r#"{"mode": "sideways"}"#).unwrap_err().to_string(),
+        "mode: expected one of \"downstream\", \"upstream\", got \"sideways\""
+    );
 }

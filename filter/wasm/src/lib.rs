@@ -50,10 +50,11 @@ impl RootContext for Root {
                 let retries = std::iter::once(&settings.defaults)
                     .chain(settings.routes.values())
                     .any(|p| p.retry.enabled);
-                if retries {
-                    log::warn!(
-                        "retry: the policy's headers, breaker and budget apply; its backoff settings \
-                         do not yet (Envoy's retry_back_off governs the time between tries)"
+                if retries && settings.mode == marty_resilience_core::config::Mode::Downstream {
+                    info!(
+                        "retry: backoff_strategy times the tries only where the filter is also an \
+                         upstream HTTP filter with mode \"upstream\"; elsewhere Envoy's \
+                         retry_back_off does (docs/retries.md)"
                     );
                 }
                 self.plugin = Some(Rc::new(Plugin::new(settings)));

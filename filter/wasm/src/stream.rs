@@ -9,6 +9,7 @@ use std::rc::Rc;
 use log::debug;
 use marty_resilience_core::breaker::{self, Decision, Outcome, State, Ticket};
 use marty_resilience_core::classify::{classify, needs_flags, Response};
+use marty_resilience_core::config::Mode;
 use marty_resilience_core::fault::Fault;
 use marty_resilience_core::NANOS_PER_SEC;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -64,6 +65,9 @@ impl Stream {
         let route_name = host::property(&["xds", "route_name"])
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default();
+        if self.plugin.settings.mode == Mode::Upstream {
+            return self.on_upstream_try(&route_name, now);
+        }
         if self.plugin.settings.health.enabled {
             // Only here does every request pay for reading its path.
             let path = request_path();

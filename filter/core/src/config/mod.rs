@@ -92,6 +92,7 @@ const TOP_FIELDS: &[&str] = &[
     "retry",
     "failure_injection",
     "health",
+    "mode",
     "routes",
 ];
 
@@ -160,6 +161,18 @@ pub struct Settings {
     /// layers below say.
     pub injection_switch: Option<bool>,
     pub health: HealthSettings,
+    pub mode: Mode,
+}
+
+/// Where the filter sits in Envoy's chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// An HTTP filter before the router: breaker, faults, retry headers, health.
+    #[default]
+    Downstream,
+    /// An upstream HTTP filter of the router (`upstream_http_filters`): it sees every try, and
+    /// holds try n >= 2 for the route's backoff delay before it goes out.
+    Upstream,
 }
 
 /// The `health` section: the filter answers its own health endpoint.
@@ -276,8 +289,14 @@ impl Settings {
             map,
             "",
             TOP_FIELDS,
-            &["service_name", "environment", "routes", "health"],
+            &["service_name", "environment", "routes", "health", "mode"],
         )?;
+        let mode = match map.get("mode").map(|v| (v, v.as_str())) {
+            None => Mode::Downstream,
+            Some((_, Some("downstream"))) => Mode::Downstream,
+            Some((_, Some("upstream"))) => Mode::Upstream,
+            Some((v, _)) => return Err(expected("mode", "one of \"downstream\", \"upstream\"", v)),
+        };
         let health = match map.get("health") {
             Some(v) => HealthSettings::parse(v)?,
             None => HealthSettings::default(),
@@ -319,6 +338,7 @@ impl Settings {
             routes,
             injection_switch,
             health,
+            mode,
         })
     }
 

@@ -4,7 +4,9 @@
 //! host's `include_attempt_count_in_response`) counted toward the budget.
 
 use log::debug;
+use marty_resilience_core::breaker::Now;
 use marty_resilience_core::config::retry::{RetryPolicy, CLIENT_RETRY_HEADERS};
+use proxy_wasm::types::Action;
 
 use super::Stream;
 use crate::host::{self, Map};
@@ -15,6 +17,45 @@ use crate::plugin::Bucket;
 const MAX_COUNTED_ATTEMPTS: u32 = 16;
 
 impl Stream {
+    /// Upstream mode: this is one try of a request. A retry (try n >= 2, from the router's
+    /// `x-envoy-attempt-count`, which the virtual host's `include_request_attempt_count` adds) is
+    /// held for the route's backoff delay before it goes out; the first try passes at once.
+    pub(super) fn on_upstream_try(&mut self, route_name: &str, now: Now) -> Action {
+        let bucket = self.plugin.resolve(route_name, now.mono_ns);
+        self.bucket = Some(bucket.clone());
+        let route = bucket.route.borrow().clone();
+        let retry = &route.policy.retry;
+        if !retry.enabled {
+            return Action::Continue;
+        }
+        let attempt = host::header(Map::RequestHeaders, "x-envoy-attempt-count")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
+            .unwrap_or(1);
+        if attempt < 2 {
+            return Action::Continue;
+        }
+        inc(bucket.metrics.retry_attempts);
+        let failure_ratio = bucket
+            .budget
+            .borrow()
+            .1
+            .as_ref()
+            .map_or(0.0, |s| s.failure_ratio);
+        let delay = retry
+            .backoff
+            .delay(attempt - 1, failure_ratio, self.plugin.draw());
+        debug!(
+            "route {}: try {attempt} held {} ms ({})",
+            route.bucket,
+            delay / 1_000_000,
+            retry.backoff.strategy.name()
+        );
+        if delay == 0 {
+            return Action::Continue;
+        }
+        self.hold(now.mono_ns, delay, None)
+    }
+
     pub(super) fn apply_retry_policy(&mut self, bucket: &Bucket, policy: &RetryPolicy) {
         self.retries_enabled = true;
         let probe = self.ticket.is_some_and(|t| t.probe.is_some());

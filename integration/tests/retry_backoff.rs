@@ -1,0 +1,113 @@
+//! Backoff on Envoy's real retries: the module placed a second time, as an upstream HTTP filter
+//! of the router with `"mode": "upstream"`, holds each retry for its strategy's delay. The
+//! upstream records when each try arrives; the gaps must be at least the strategy's delays
+//! (lower bounds only: this machine is noisy).
+
+mod common;
+
+use std::time::Duration;
+
+use marty_integration::{http1, Envoy, EnvoyConfig, RouteSpec, Upstream};
+use serde_json::{json, Value};
+
+/// Starts Envoy with the filter before the router (retry headers) and again in the router's
+/// `upstream_http_filters` (backoff), Envoy's own backoff at its minimum so the strategy
+/// governs, and the virtual host adding `x-envoy-attempt-count` to each try.
+fn envoy_with_backoff(upstream: &Upstream, retry: Value) -> Envoy {
+    let downstream = json!({"circuit_breaker": {"enabled": false}, "retry": retry});
+    let mut upstream_config = downstream.clone();
+    upstream_config["mode"] = json!("upstream");
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(downstream.to_string())
+        .routes(vec![RouteSpec::new("users", "/users").retry_policy(
+            json!({
+                "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"}
+            }),
+        )]);
+    let mut bootstrap = config.bootstrap();
+    let hcm = bootstrap
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
+        .expect("the harness bootstrap has one HCM");
+    hcm["route_config"]["virtual_hosts"][0]["include_request_attempt_count"] = json!(true);
+    let filters = hcm["http_filters"].as_array_mut().expect("http_filters");
+    let mut wasm = filters[0].clone();
+    wasm["name"] = json!("marty_resilience_upstream");
+    wasm["typed_config"]["config"]["name"] = json!("marty_resilience_upstream");
+    wasm["typed_config"]["config"]["configuration"]["value"] = json!(upstream_config.to_string());
+    let router = filters.last_mut().expect("the router is last");
+    router["typed_config"]["upstream_http_filters"] = json!([
+        wasm,
+        {"name": "envoy.filters.http.upstream_codec",
+         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}
+    ]);
+    Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sends one request that fails its first three tries and returns the gaps between the tries
+/// as the upstream saw them.
+fn gaps(strategy: &str, base: f64, extra: Value) -> Vec<Duration> {
+    let upstream = Upstream::start();
+    let mut retry = json!({
+        "enabled": true, "max_attempts": 4, "retry_on": ["5xx"], "per_try_timeout": 0,
+        "backoff_strategy": strategy, "base_delay": base, "max_delay": 2.0
+    });
+    if let (Some(r), Some(e)) = (retry.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    let envoy = envoy_with_backoff(&upstream, retry);
+    let id = format!("backoff-{strategy}");
+    let headers = [
+        ("x-test-key", id.as_str()),
+        ("x-request-id", id.as_str()),
+        ("x-upstream-fail-first", "3"),
+    ];
+    let r = http1(envoy.port(), "GET", "/users", &headers).unwrap();
+    assert_eq!(r.status, 200, "{strategy}: the fourth try succeeds");
+    let tries = upstream.requests(&id);
+    assert_eq!(tries.len(), 4, "{strategy}");
+    tries.windows(2).map(|w| w[1].at - w[0].at).collect()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn assert_at_least(strategy: &str, gaps: &[Duration], floors: &[Duration]) {
+    for (i, (gap, floor)) in gaps.iter().zip(floors).enumerate() {
+        assert!(
+            gap >= floor,
+            "{strategy}: retry {} came after {gap:?}, the strategy holds it {floor:?}",
+            i + 1
+        );
+    }
+    // The sum stays under max_delay per retry, plus a generous margin for this machine.
+    let total: Duration = gaps.iter().sum();
+    assert!(
+        total < Duration::from_secs(2) * 3 + Duration::from_secs(5),
+        "{strategy}: {total:?}"
+    );
+}
+
+#[test]
+fn fixed_backoff_holds_every_retry_for_the_base_delay() {
+    let g = gaps("fixed", 0.3, json!({}));
+    assert_at_least("fixed", &g, &[ms(300), ms(300), ms(300)]);
+}
+
+#[test]
+fn linear_backoff_grows_by_the_base_delay() {
+    let g = gaps("linear", 0.15, json!({}));
+    assert_at_least("linear", &g, &[ms(150), ms(300), ms(450)]);
+}
+
+#[test]
+fn exponential_backoff_doubles() {
+    let g = gaps("exponential", 0.1, json!({"multiplier": 2.0}));
+    assert_at_least("exponential", &g, &[ms(100), ms(200), ms(400)]);
+}
+
+#[test]
+fn fibonacci_backoff_follows_the_sequence() {
+    let g = gaps("fibonacci", 0.15, json!({}));
+    assert_at_least("fibonacci", &g, &[ms(150), ms(150), ms(300)]);
+}
