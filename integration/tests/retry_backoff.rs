@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 /// Starts Envoy with the filter before the router (retry headers) and again in the router's
 /// `upstream_http_filters` (backoff), Envoy's own backoff at its minimum so the strategy
 /// governs, and the virtual host adding `x-envoy-attempt-count` to each try.
-fn envoy_with_backoff(upstream: &Upstream, retry: Value) -> Envoy {
-    let downstream = json!({"circuit_breaker": {"enabled": false}, "retry": retry});
+fn envoy_with_backoff(upstream: &Upstream, downstream: Value) -> Envoy {
     let mut upstream_config = downstream.clone();
     upstream_config["mode"] = json!("upstream");
     let config = EnvoyConfig::new(upstream.port())
@@ -54,7 +53,10 @@ fn gaps(strategy: &str, base: f64, extra: Value) -> Vec<Duration> {
     if let (Some(r), Some(e)) = (retry.as_object_mut(), extra.as_object()) {
         r.extend(e.clone());
     }
-    let envoy = envoy_with_backoff(&upstream, retry);
+    let envoy = envoy_with_backoff(
+        &upstream,
+        json!({"circuit_breaker": {"enabled": false}, "retry": retry}),
+    );
     let id = format!("backoff-{strategy}");
     let headers = [
         ("x-test-key", id.as_str()),
@@ -110,4 +112,46 @@ fn exponential_backoff_doubles() {
 fn fibonacci_backoff_follows_the_sequence() {
     let g = gaps("fibonacci", 0.15, json!({}));
     assert_at_least("fibonacci", &g, &[ms(150), ms(150), ms(300)]);
+}
+
+#[test]
+fn with_count_attempts_every_failed_try_counts_toward_the_breaker() {
+    // failure_threshold 3 and three tries per request: one request whose tries all fail opens
+    // the breaker when tries are counted, and leaves it closed when only requests are.
+    for count_attempts in [true, false] {
+        let upstream = Upstream::start();
+        let envoy = envoy_with_backoff(
+            &upstream,
+            json!({
+                "circuit_breaker": {"failure_threshold": 3, "recovery_timeout": 30.0},
+                "retry": {"enabled": true, "max_attempts": 3, "retry_on": ["5xx"],
+                          "per_try_timeout": 0, "backoff_strategy": "fixed",
+                          "base_delay": 0.01, "max_delay": 0.01,
+                          "count_attempts": count_attempts}
+            }),
+        );
+        let id = format!("all-fail-{count_attempts}");
+        let headers = [
+            ("x-test-key", id.as_str()),
+            ("x-request-id", id.as_str()),
+            ("x-upstream-fail-first", "5"),
+        ];
+        let r = http1(envoy.port(), "GET", "/users", &headers).unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(upstream.count(&id), 3, "three tries");
+        if count_attempts {
+            // The plugin JSON configures the top level: the route uses the `default` bucket.
+            common::wait_state(&envoy, "default", 1);
+            let r = http1(envoy.port(), "GET", "/users", &[("x-test-key", "next")]).unwrap();
+            assert_eq!(r.header("x-marty-circuit"), Some("open"));
+            assert_eq!(upstream.count("next"), 0);
+        } else {
+            envoy.wait_for_stat(
+                &common::stat("default", "failure_total"),
+                |v| v == 1,
+                common::WAIT,
+            );
+            assert_eq!(common::value(&envoy, "default", "circuit_state"), 0);
+        }
+    }
 }

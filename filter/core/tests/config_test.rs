@@ -812,7 +812,7 @@ fn an_empty_retry_section_changes_nothing() {
         "routes.users.retry.attempts: unknown field, expected one of: enabled, max_attempts, \
          retry_on, grpc_retry_on, retriable_status_codes, per_try_timeout, base_delay, \
          max_delay, backoff_strategy, multiplier, polynomial_degree, jitter, budget, \
-         trust_client_headers"
+         trust_client_headers, count_attempts"
     );
     assert_eq!(
         error(r#"{"retry": true}"#),

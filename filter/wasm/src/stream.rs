@@ -247,6 +247,15 @@ impl Stream {
             }
             Outcome::Ignored => {}
         }
+        // With count_attempts the upstream placement records every try; here only probes.
+        let route = bucket.route.borrow().clone();
+        let tries_recorded_upstream = self.plugin.settings.mode == Mode::Downstream
+            && route.policy.retry.enabled
+            && route.policy.retry.count_attempts
+            && ticket.probe.is_none();
+        if tries_recorded_upstream {
+            return;
+        }
         // The common case, a success with no failure streak to reset, needs no shared write.
         let nothing_to_do = outcome == Outcome::Success
             && ticket.probe.is_none()
@@ -258,7 +267,6 @@ impl Stream {
         if nothing_to_do {
             return;
         }
-        let route = bucket.route.borrow().clone();
         let now = now();
         let _ = self.plugin.update(&bucket, |rec| {
             breaker::record(rec, &route.policy.circuit_breaker, now, ticket, outcome)

@@ -54,6 +54,7 @@ impl Environment {
             ),
             budget: budget::Policy::default(),
             trust_client_headers: false,
+            count_attempts: false,
         }
     }
 

@@ -32,6 +32,10 @@ pub struct RetryPolicy {
     pub budget: budget::Policy,
     /// Keep the retry headers a client sent instead of removing them.
     pub trust_client_headers: bool,
+    /// The upstream placement records each try's outcome for the breaker (a retried failure
+    /// is still a failure of the upstream), and the placement before the router records only
+    /// HALF_OPEN probes.
+    pub count_attempts: bool,
 }
 
 /// Envoy's retry headers: the ones the filter sets from the policy, and every one a client
@@ -136,6 +140,7 @@ pub const FIELDS: &[&str] = &[
     "jitter",
     "budget",
     "trust_client_headers",
+    "count_attempts",
 ];
 /// The fields as `MARTY_RESILIENCE_RETRY_<FIELD>` names them (`budget` flattened).
 pub const ENV_FIELDS: &[&str] = &[
@@ -155,6 +160,7 @@ pub const ENV_FIELDS: &[&str] = &[
     "budget_min_retries_per_second",
     "budget_window",
     "trust_client_headers",
+    "count_attempts",
 ];
 /// Fields whose value is a list (an environment variable gives them comma-separated).
 pub const LIST_FIELDS: &[&str] = &["retry_on", "grpc_retry_on", "retriable_status_codes"];
@@ -180,6 +186,7 @@ pub struct RetryPatch {
     pub budget_min_retries_per_second: Option<u32>,
     pub budget_window: Option<u64>,
     pub trust_client_headers: Option<bool>,
+    pub count_attempts: Option<bool>,
 }
 
 impl RetryPatch {
@@ -234,6 +241,7 @@ impl RetryPatch {
                 }
             }
             "trust_client_headers" => self.trust_client_headers = Some(boolean(value, path)?),
+            "count_attempts" => self.count_attempts = Some(boolean(value, path)?),
             _ => return Err(unknown_field(path, FIELDS)),
         }
         Ok(())
@@ -294,6 +302,7 @@ impl RetryPatch {
         );
         take(&mut policy.budget.window_ns, &self.budget_window);
         take(&mut policy.trust_client_headers, &self.trust_client_headers);
+        take(&mut policy.count_attempts, &self.count_attempts);
     }
 }
 
@@ -395,5 +404,6 @@ pub fn to_json(policy: &RetryPolicy) -> Value {
             "window": secs(policy.budget.window_ns),
         },
         "trust_client_headers": policy.trust_client_headers,
+        "count_attempts": policy.count_attempts,
     })
 }

@@ -4,12 +4,13 @@
 //! host's `include_attempt_count_in_response`) counted toward the budget.
 
 use log::debug;
-use marty_resilience_core::breaker::Now;
+use marty_resilience_core::breaker::{Now, State, Ticket};
 use marty_resilience_core::config::retry::{RetryPolicy, CLIENT_RETRY_HEADERS};
+use marty_resilience_core::store;
 use proxy_wasm::types::Action;
 
 use super::Stream;
-use crate::host::{self, Map};
+use crate::host::{self, HostStore, Map};
 use crate::metrics::inc;
 use crate::plugin::Bucket;
 
@@ -27,6 +28,19 @@ impl Stream {
         let retry = &route.policy.retry;
         if !retry.enabled {
             return Action::Continue;
+        }
+        if retry.count_attempts && route.policy.circuit_breaker.enabled {
+            // Every try's outcome goes to the breaker, while it is CLOSED: probes are admitted
+            // and recorded before the router.
+            self.ticket = bucket.admit_fast().or_else(|| {
+                store::load(&HostStore, &route.key)
+                    .ok()
+                    .filter(|(record, _, _)| record.state == State::Closed)
+                    .map(|(record, _, _)| Ticket {
+                        generation: record.generation,
+                        probe: None,
+                    })
+            });
         }
         let attempt = host::header(Map::RequestHeaders, "x-envoy-attempt-count")
             .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
