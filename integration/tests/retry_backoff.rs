@@ -155,3 +155,29 @@ fn with_count_attempts_every_failed_try_counts_toward_the_breaker() {
         }
     }
 }
+
+#[test]
+fn the_upstream_placement_applies_the_route_s_own_policy() {
+    // Configured for the route `users` only: the upstream filter must know which route a try
+    // belongs to (Envoy's `xds.route_name` in the upstream filter chain).
+    let upstream = Upstream::start();
+    let retry = json!({
+        "enabled": true, "max_attempts": 3, "retry_on": ["5xx"], "per_try_timeout": 0,
+        "backoff_strategy": "fixed", "base_delay": 0.3, "max_delay": 1.0
+    });
+    let envoy = envoy_with_backoff(
+        &upstream,
+        json!({"circuit_breaker": {"enabled": false}, "routes": {"users": {"retry": retry}}}),
+    );
+    let headers = [
+        ("x-test-key", "per-route"),
+        ("x-request-id", "per-route"),
+        ("x-upstream-fail-first", "2"),
+    ];
+    let r = http1(envoy.port(), "GET", "/users", &headers).unwrap();
+    assert_eq!(r.status, 200);
+    let tries = upstream.requests("per-route");
+    assert_eq!(tries.len(), 3);
+    let gaps: Vec<Duration> = tries.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert_at_least("fixed, per route", &gaps, &[ms(300), ms(300)]);
+}
