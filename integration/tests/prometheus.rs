@@ -1,5 +1,5 @@
 //! The filter's metrics as Prometheus scrapes them from a live Envoy, read with a Prometheus
-//! text-format parser: every metric of `filter/wasm/src/metrics.rs` for every route with the
+//! text-format parser: every metric of `marty_resilience_core::stats` for every route with the
 //! route as the `marty_route` label (never inside the name), the types `docs/metrics.md`
 //! documents, values that match the traffic sent and `/stats`; the bootstraps in `envoy/`
 //! carrying the harness's tag regex; and the Grafana dashboard in `docs/grafana/` using only
@@ -7,6 +7,7 @@
 
 mod common;
 
+use marty_resilience_core::stats::{PluginStats, RouteStats};
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{answer, stat, wait_state, WAIT};
@@ -26,24 +27,9 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The string items of `pub const <name>: [&str; N] = [...]` in filter/wasm/src/metrics.rs, so
-/// this test follows the module's own list.
-fn metrics_rs_list(name: &str) -> Vec<String> {
-    let source = read("filter/wasm/src/metrics.rs");
-    let decl = Regex::new(&format!(
-        r"(?s)pub const {name}: \[&str; (\d+)\] = \[(.*?)\];"
-    ))
-    .expect("regex");
-    let caps = decl
-        .captures(&source)
-        .unwrap_or_else(|| panic!("{name} not found in filter/wasm/src/metrics.rs"));
-    let items: Vec<String> = Regex::new(r#""([a-z_]+)""#)
-        .expect("regex")
-        .captures_iter(&caps[2])
-        .map(|c| c[1].to_string())
-        .collect();
-    assert_eq!(items.len().to_string(), &caps[1], "{name}: {items:?}");
-    items
+/// The filter's own stat lists (`marty_resilience_core::stats`), so this test follows them.
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
 }
 
 struct Names {
@@ -54,9 +40,9 @@ struct Names {
 
 fn names() -> Names {
     let names = Names {
-        route_counters: metrics_rs_list("ROUTE_COUNTERS"),
-        route_gauges: metrics_rs_list("ROUTE_GAUGES"),
-        global_counters: metrics_rs_list("GLOBAL_COUNTERS"),
+        route_counters: strings(RouteStats::COUNTERS),
+        route_gauges: strings(RouteStats::GAUGES),
+        global_counters: strings(PluginStats::COUNTERS),
     };
     assert!(names.route_counters.len() >= 12 && names.route_gauges.len() >= 3);
     assert!(names.global_counters.len() >= 4);

@@ -1,6 +1,6 @@
 //! The per-route circuit breaker: a [`Record`] kept in proxy shared data, and the pure steps that
 //! decide on it. Every step takes the current record and returns the record to write (if any)
-//! and the transition it made (if any); [`crate::store::update`] applies it with compare-and-swap,
+//! and the transition it made (if any); [`update`] applies it with compare-and-swap,
 //! so the one worker whose write lands is the one that reports the transition.
 //!
 //! - CLOSED: `failure_threshold` consecutive failures open it; `failure_reset_timeout` without
@@ -51,8 +51,14 @@ impl State {
         }
     }
 
+    /// The stored layout's byte: its own mapping, so a change to the gauge's values cannot
+    /// silently change what older records mean.
     fn byte(self) -> u8 {
-        self.gauge() as u8
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
     }
 }
 
@@ -475,4 +481,99 @@ pub fn tick(rec: &Record, policy: &BreakerPolicy, now: Now) -> Step<()> {
 /// Whole seconds for `retry-after`, rounded up and at least 1 (0 would invite a hot loop).
 pub fn retry_after_secs(ns: u64) -> u64 {
     ns.div_ceil(NANOS_PER_SEC).max(1)
+}
+
+/// Whether [`record`] would write nothing for this outcome, judged from a worker's last view
+/// of the record instead of a shared-data read: a success, not a probe, admitted under the
+/// view's generation while the view is CLOSED with no failure streak to reset. The common case
+/// of every healthy request, so it must cost no shared-data read.
+pub fn record_is_noop(view: Option<&Record>, ticket: Ticket, outcome: Outcome) -> bool {
+    outcome == Outcome::Success
+        && ticket.probe.is_none()
+        && view.is_some_and(|view| {
+            view.state == State::Closed
+                && view.generation == ticket.generation
+                && view.consecutive_failures == 0
+        })
+}
+
+/// Admission from a worker's last view, without reading shared data, when nothing can have
+/// changed since: the view is CLOSED and `circuit_opened_total` (an Envoy counter that every
+/// worker opening the breaker increments right after its write lands) still reads what it read
+/// before the view was taken (`opened_as_of_view`). `None`: read the record.
+pub fn admit_cached(
+    view: Option<&Record>,
+    opened_as_of_view: Option<u64>,
+    opened_now: Option<u64>,
+) -> Option<Ticket> {
+    let opened_now = opened_now?;
+    if opened_as_of_view != Some(opened_now) {
+        return None;
+    }
+    let view = view.filter(|v| v.state == State::Closed)?;
+    Some(Ticket {
+        generation: view.generation,
+        probe: None,
+    })
+}
+
+// --- Shared data: the record's codec and its read-modify-write -------------------------------
+
+use crate::store::{self, Codec, SharedStore, UpdateError};
+
+impl Codec for Record {
+    fn encode(&self) -> Vec<u8> {
+        Record::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Record::decode(bytes)
+    }
+}
+
+/// The result of a successful [`update`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Updated<T> {
+    pub step: Step<T>,
+    /// The record as it now stands (what was written, or what was read).
+    pub current: Record,
+    /// The stored value did not decode and was treated as fresh.
+    pub was_corrupt: bool,
+}
+
+/// Reads the breaker record at `key`, lets `decide` compute a step, and writes the step's
+/// record with CAS; on a lost race, reads again and re-decides. Only a write that lands reports
+/// its transition, so each transition has exactly one author.
+pub fn update<S: SharedStore + ?Sized, T>(
+    shared: &S,
+    key: &str,
+    mut decide: impl FnMut(&Record) -> Step<T>,
+) -> Result<Updated<T>, UpdateError> {
+    let mut step = None;
+    let (current, was_corrupt) = store::update_value(shared, key, |current: &Record| {
+        let decided = decide(current);
+        let write = decided.write.clone();
+        step = Some(decided);
+        write
+    })?;
+    match step {
+        Some(step) => Ok(Updated {
+            step,
+            current,
+            was_corrupt,
+        }),
+        None => Err(UpdateError::Exhausted),
+    }
+}
+
+/// The breaker record at `key`: see [`store::load_value`].
+pub fn load<S: SharedStore + ?Sized>(
+    shared: &S,
+    key: &str,
+) -> Result<(Record, u32, bool), UpdateError> {
+    store::load_value(shared, key)
+}
+
+/// Creates `key` with a fresh record unless it already holds one: see [`store::ensure_value`].
+pub fn ensure<S: SharedStore + ?Sized>(shared: &S, key: &str) -> Result<bool, UpdateError> {
+    store::ensure_value::<S, Record>(shared, key)
 }

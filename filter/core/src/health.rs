@@ -209,3 +209,29 @@ pub fn format_unix_ms(ms: u64) -> String {
         ms % 1000
     )
 }
+
+/// Which endpoint a request path names, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Marty's JSON status.
+    Status,
+    /// The text report.
+    Report,
+}
+
+/// The endpoint `path` (with any query) names under `settings`.
+pub fn endpoint(settings: &crate::config::HealthSettings, path: &str) -> Option<Endpoint> {
+    let path = path.split('?').next().unwrap_or(path);
+    if path == settings.path {
+        Some(Endpoint::Status)
+    } else if path == settings.report_path {
+        Some(Endpoint::Report)
+    } else {
+        None
+    }
+}
+
+/// Only `GET` and `HEAD` read the health endpoint.
+pub fn method_allowed(method: Option<&[u8]>) -> bool {
+    matches!(method, Some(b"GET" | b"HEAD"))
+}

@@ -5,7 +5,7 @@
 //! [`breaker::admit`] decides from the route's shared [`breaker::Record`]; when the stream ends,
 //! [`classify::classify`] turns what Envoy reported into an [`classify::Outcome`], and
 //! [`breaker::record`] folds it into the record. Every read-modify-write of shared state goes
-//! through [`store::update`], a bounded compare-and-swap loop over the [`store::SharedStore`]
+//! through [`store::update_value`], a bounded compare-and-swap loop over the [`store::SharedStore`]
 //! trait, which the wasm crate implements over the host and tests implement in memory.
 //!
 //! Time is always passed in (monotonic nanoseconds, process-wide in Envoy), so every rule is
@@ -17,10 +17,15 @@ pub mod config;
 pub mod duration;
 pub mod fault;
 pub mod health;
+pub mod host;
+pub mod keys;
 mod le;
 pub mod pbstruct;
+pub mod proxy;
+pub mod registry;
 pub mod retry;
 pub mod routes;
+pub mod stats;
 pub mod store;
 
 /// Nanoseconds per second, for the conversions that deadlines need.

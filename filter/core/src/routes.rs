@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::{
     check_route_name, stat_name, ConfigError, RoutePolicy, Settings, DEFAULT_ROUTE,
 };
-use crate::store::breaker_key;
+use crate::keys;
 
 /// A resolved route: everything the request path needs, computed once per route per worker.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,7 +28,7 @@ impl Route {
         Self {
             bucket: bucket.to_string(),
             stat_name: stat_name(bucket),
-            key: breaker_key(bucket),
+            key: keys::breaker(bucket),
             policy,
         }
     }

@@ -8,14 +8,12 @@
 //!   another worker created it meanwhile. Creation still is not atomic when two workers both
 //!   create at once (the last write stands, with one count lost), which is why the filter
 //!   creates its keys at configure time, before traffic;
-//! - keys cannot be deleted, so they are fixed per configured or annotated route;
+//! - keys cannot be deleted, so they are fixed per bucket (their names: [`crate::keys`]);
 //! - values survive a plugin reload on the same `vm_id`, so they carry a layout version and any
 //!   value that does not decode is treated as fresh and overwritten.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-
-use crate::breaker::{Record, Step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreError {
@@ -50,55 +48,11 @@ pub enum UpdateError {
     Host(u32),
 }
 
-/// The result of a successful [`update`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Updated<T> {
-    pub step: Step<T>,
-    /// The record as it now stands (what was written, or what was read).
-    pub current: Record,
-    /// The stored value did not decode and was treated as fresh.
-    pub was_corrupt: bool,
-}
-
 /// A value kept in shared data: a versioned layout whose decoder is total (any bytes decode
 /// or give `None`), and a fresh value for a key that is missing or unreadable.
 pub trait Codec: Clone + Default {
     fn encode(&self) -> Vec<u8>;
     fn decode(bytes: &[u8]) -> Option<Self>;
-}
-
-impl Codec for Record {
-    fn encode(&self) -> Vec<u8> {
-        Record::encode(self)
-    }
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        Record::decode(bytes)
-    }
-}
-
-/// Reads the breaker record at `key`, lets `decide` compute a step, and writes the step's
-/// record with CAS; on a lost race, reads again and re-decides. Only a write that lands reports
-/// its transition, so each transition has exactly one author.
-pub fn update<S: SharedStore + ?Sized, T>(
-    store: &S,
-    key: &str,
-    mut decide: impl FnMut(&Record) -> Step<T>,
-) -> Result<Updated<T>, UpdateError> {
-    let mut step = None;
-    let (current, was_corrupt) = update_value(store, key, |current: &Record| {
-        let decided = decide(current);
-        let write = decided.write.clone();
-        step = Some(decided);
-        write
-    })?;
-    match step {
-        Some(step) => Ok(Updated {
-            step,
-            current,
-            was_corrupt,
-        }),
-        None => Err(UpdateError::Exhausted),
-    }
 }
 
 /// The bounded read-decide-CAS loop for any [`Codec`] value: `decide` returns the value to
@@ -123,14 +77,6 @@ pub fn update_value<S: SharedStore + ?Sized, R: Codec>(
     Err(UpdateError::Exhausted)
 }
 
-/// The breaker record at `key`: see [`load_value`].
-pub fn load<S: SharedStore + ?Sized>(
-    store: &S,
-    key: &str,
-) -> Result<(Record, u32, bool), UpdateError> {
-    load_value(store, key)
-}
-
 /// The value at `key` with the CAS token to write it back with ([`ABSENT_CAS`] when the key
 /// is missing), and whether the stored bytes were unreadable (then a fresh value).
 pub fn load_value<S: SharedStore + ?Sized, R: Codec>(
@@ -146,11 +92,6 @@ pub fn load_value<S: SharedStore + ?Sized, R: Codec>(
         Err(StoreError::CasMismatch) => Err(UpdateError::Host(0)),
         Err(StoreError::Host(status)) => Err(UpdateError::Host(status)),
     }
-}
-
-/// Creates `key` with a fresh breaker record unless it already holds one: see [`ensure_value`].
-pub fn ensure<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<bool, UpdateError> {
-    ensure_value::<S, Record>(store, key)
 }
 
 /// Creates `key` with a fresh value unless it already holds a readable one: run at configure
@@ -170,58 +111,6 @@ pub fn ensure_value<S: SharedStore + ?Sized, R: Codec>(
         Err(StoreError::CasMismatch) => Ok(false),
         Err(StoreError::Host(status)) => Err(UpdateError::Host(status)),
     }
-}
-
-/// Key of the list of every bucket any worker has created (newline-separated names), so the
-/// health endpoint of any worker can report routes another worker first saw.
-pub const ROUTES_KEY: &str = "marty.resilience/v1/routes";
-
-/// Most buckets listed; names come from the operator's route configuration.
-pub const MAX_REGISTERED_ROUTES: usize = 1024;
-
-/// Adds `bucket` to the shared route list (idempotent, bounded).
-pub fn register<S: SharedStore + ?Sized>(store: &S, bucket: &str) -> Result<(), UpdateError> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (mut names, cas) = match store.get(ROUTES_KEY) {
-            Ok(Some((bytes, cas))) => (split_names(&bytes), cas),
-            Ok(None) => (Vec::new(), ABSENT_CAS),
-            Err(StoreError::Host(status)) => return Err(UpdateError::Host(status)),
-            Err(StoreError::CasMismatch) => return Err(UpdateError::Host(0)),
-        };
-        if names.iter().any(|n| n == bucket) || names.len() >= MAX_REGISTERED_ROUTES {
-            return Ok(());
-        }
-        names.push(bucket.to_string());
-        match store.set(ROUTES_KEY, names.join("\n").as_bytes(), cas) {
-            Ok(()) => return Ok(()),
-            Err(StoreError::CasMismatch) => continue,
-            Err(StoreError::Host(status)) => return Err(UpdateError::Host(status)),
-        }
-    }
-    Err(UpdateError::Exhausted)
-}
-
-/// Every bucket in the shared route list.
-pub fn registered<S: SharedStore + ?Sized>(store: &S) -> Vec<String> {
-    match store.get(ROUTES_KEY) {
-        Ok(Some((bytes, _))) => split_names(&bytes),
-        _ => Vec::new(),
-    }
-}
-
-fn split_names(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
-        .split('\n')
-        .filter(|n| !n.is_empty())
-        .take(MAX_REGISTERED_ROUTES)
-        .map(str::to_string)
-        .collect()
-}
-
-/// The shared-data key of a route's breaker. Versioned so that a future layout can live beside
-/// this one during a rolling reload.
-pub fn breaker_key(route: &str) -> String {
-    format!("marty.resilience/v1/cb/{route}")
 }
 
 /// An in-memory store with Envoy's exact semantics, for tests and simulations: one global CAS

@@ -19,8 +19,8 @@ use std::thread;
 
 use common::{for_each_seed, MS, S};
 use marty_resilience_core::retry::budget::{
-    self, add, allows_retry, bucket_width, budget_key, failure_ratio, flush, totals, Bucket,
-    Pending, Policy, Record, Snapshot, BUCKETS, RECORD_LEN, RECORD_VERSION,
+    self, add, allows_retry, bucket_width, failure_ratio, flush, totals, Bucket, Pending, Policy,
+    Record, Snapshot, BUCKETS, RECORD_LEN, RECORD_VERSION,
 };
 use marty_resilience_core::store::{
     MemoryStore, SharedStore, StoreError, UpdateError, MAX_CAS_ATTEMPTS,
@@ -49,7 +49,10 @@ fn built(events: &[(u64, (u32, u32, u32))]) -> Record {
 
 #[test]
 fn key_and_defaults() {
-    assert_eq!(budget_key("users"), "marty.resilience/v1/budget/users");
+    assert_eq!(
+        marty_resilience_core::keys::budget("users"),
+        "marty.resilience/v1/budget/users"
+    );
     assert_eq!(
         Policy::default(),
         Policy {

@@ -1,6 +1,6 @@
 //! Model-based property test of the breaker: a reference model written from the rules in the
 //! `breaker` module docs, run side by side with the real steps applied through
-//! `store::update` on a `MemoryStore`, over thousands of random sequences.
+//! `breaker::update` on a `MemoryStore`, over thousands of random sequences.
 //!
 //! Interpretations the model makes of the prose rules (each is also pinned by a unit test):
 //! - deadlines are exclusive: OPEN rejects while `now < open_until`; a lease holds its slot
@@ -26,11 +26,12 @@ mod common;
 use std::collections::HashSet;
 
 use common::{at, for_each_seed, legal, replaying};
+use marty_resilience_core::breaker::Updated;
 use marty_resilience_core::breaker::{
     self, Decision, Outcome, Record, State, Step, Ticket, Transition,
 };
 use marty_resilience_core::config::{BreakerPolicy, Environment};
-use marty_resilience_core::store::{self, MemoryStore, Updated};
+use marty_resilience_core::store::MemoryStore;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -355,9 +356,9 @@ impl Model {
 
 /// Runs one real step through the store and checks what every step must satisfy.
 fn real<T>(s: &MemoryStore, decide: impl FnMut(&Record) -> Step<T>) -> Result<Updated<T>, String> {
-    let (before, _, _) = store::load(s, KEY).map_err(|e| format!("load: {e:?}"))?;
-    let updated = store::update(s, KEY, decide).map_err(|e| format!("update: {e:?}"))?;
-    let (after, _, corrupt) = store::load(s, KEY).map_err(|e| format!("load: {e:?}"))?;
+    let (before, _, _) = breaker::load(s, KEY).map_err(|e| format!("load: {e:?}"))?;
+    let updated = breaker::update(s, KEY, decide).map_err(|e| format!("update: {e:?}"))?;
+    let (after, _, corrupt) = breaker::load(s, KEY).map_err(|e| format!("load: {e:?}"))?;
     ensure!(!corrupt, "the store holds an unreadable value");
     ensure!(
         updated.current == after,
@@ -450,7 +451,7 @@ struct Coverage {
 fn run_sequence(rng: &mut StdRng, steps: usize, cov: &mut Coverage) -> Result<(), String> {
     let p = random_policy(rng);
     let s = MemoryStore::new();
-    store::ensure(&s, KEY).map_err(|e| format!("{e:?}"))?;
+    breaker::ensure(&s, KEY).map_err(|e| format!("{e:?}"))?;
     let mut model = Model::new(p.clone());
     // Mostly from 0; sometimes at the end of the clock, to exercise saturation.
     let mut now: u64 = if rng.gen_bool(0.05) {
@@ -648,7 +649,7 @@ fn run_sequence(rng: &mut StdRng, steps: usize, cov: &mut Coverage) -> Result<()
         }
 
         // The stored record is the model's, after every step.
-        let (rec, _, _) = store::load(&s, KEY).map_err(|e| format!("{e:?}"))?;
+        let (rec, _, _) = breaker::load(&s, KEY).map_err(|e| format!("{e:?}"))?;
         model.matches(&rec).map_err(|e| {
             format!(
                 "step {step}: after {}: {e}\n{}",

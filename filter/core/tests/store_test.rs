@@ -15,9 +15,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 
 use common::{at, policy};
-use marty_resilience_core::breaker::{self, Decision, Outcome, Record, State, Step, Transition};
+use marty_resilience_core::breaker::{
+    self, Decision, Outcome, Record, State, Step, Transition, Updated,
+};
+use marty_resilience_core::keys::breaker as breaker_key;
 use marty_resilience_core::store::{
-    self, breaker_key, MemoryStore, SharedStore, StoreError, UpdateError, Updated, MAX_CAS_ATTEMPTS,
+    self, MemoryStore, SharedStore, StoreError, UpdateError, MAX_CAS_ATTEMPTS,
 };
 
 const KEY: &str = "marty.resilience/v1/cb/users";
@@ -139,7 +142,7 @@ fn load_of_a_missing_key_is_a_fresh_record_with_the_absent_token() {
     // between this read and the write must make the write fail.
     let store = MemoryStore::new();
     assert_eq!(
-        store::load(&store, KEY),
+        breaker::load(&store, KEY),
         Ok((Record::default(), store::ABSENT_CAS, false))
     );
 }
@@ -149,17 +152,17 @@ fn load_reports_unreadable_values_as_fresh_and_corrupt() {
     let store = MemoryStore::new();
     store.put_raw(KEY, b"garbage");
     let t = token(&store, KEY);
-    assert_eq!(store::load(&store, KEY), Ok((Record::default(), t, true)));
+    assert_eq!(breaker::load(&store, KEY), Ok((Record::default(), t, true)));
 }
 
 #[test]
 fn ensure_creates_a_fresh_record_once() {
     let store = MemoryStore::new();
-    assert_eq!(store::ensure(&store, KEY), Ok(true));
+    assert_eq!(breaker::ensure(&store, KEY), Ok(true));
     assert_eq!(Record::decode(&value(&store, KEY)), Some(Record::default()));
     let t = token(&store, KEY);
     // Idempotent: a second run neither reports a creation nor writes.
-    assert_eq!(store::ensure(&store, KEY), Ok(false));
+    assert_eq!(breaker::ensure(&store, KEY), Ok(false));
     assert_eq!(token(&store, KEY), t);
 }
 
@@ -168,7 +171,7 @@ fn ensure_keeps_existing_state_across_a_reload() {
     let store = MemoryStore::new();
     store.set(KEY, &open_record().encode(), 0).unwrap();
     let t = token(&store, KEY);
-    assert_eq!(store::ensure(&store, KEY), Ok(false));
+    assert_eq!(breaker::ensure(&store, KEY), Ok(false));
     assert_eq!(token(&store, KEY), t);
     assert_eq!(Record::decode(&value(&store, KEY)), Some(open_record()));
 }
@@ -180,9 +183,9 @@ fn ensure_replaces_a_corrupt_or_old_layout_value() {
     for bad in [b"garbage".to_vec(), Vec::new(), old_layout] {
         let store = MemoryStore::new();
         store.put_raw(KEY, &bad);
-        assert_eq!(store::ensure(&store, KEY), Ok(true), "{bad:?}");
+        assert_eq!(breaker::ensure(&store, KEY), Ok(true), "{bad:?}");
         assert_eq!(Record::decode(&value(&store, KEY)), Some(Record::default()));
-        assert_eq!(store::ensure(&store, KEY), Ok(false));
+        assert_eq!(breaker::ensure(&store, KEY), Ok(false));
     }
 }
 
@@ -194,7 +197,7 @@ fn ensure_leaves_a_concurrent_fix_of_a_corrupt_value_alone() {
     *store.before_set.borrow_mut() = Some(Box::new(|inner: &MemoryStore| {
         inner.put_raw(KEY, &open_record().encode());
     }));
-    assert!(store::ensure(&store, KEY).is_ok());
+    assert!(breaker::ensure(&store, KEY).is_ok());
     assert_eq!(
         Record::decode(&value(&store.inner, KEY)),
         Some(open_record())
@@ -206,7 +209,7 @@ fn ensure_leaves_a_concurrent_fix_of_a_corrupt_value_alone() {
 #[test]
 fn update_without_a_write_does_not_create_the_key() {
     let store = MemoryStore::new();
-    let updated = store::update(&store, KEY, |_| keep()).unwrap();
+    let updated = breaker::update(&store, KEY, |_| keep()).unwrap();
     assert_eq!(updated.current, Record::default());
     assert!(!updated.was_corrupt);
     assert!(store.keys().is_empty());
@@ -215,8 +218,8 @@ fn update_without_a_write_does_not_create_the_key() {
 #[test]
 fn update_writes_the_step_record_and_returns_it_with_its_transition() {
     let store = MemoryStore::new();
-    store::ensure(&store, KEY).unwrap();
-    let updated = store::update(&store, KEY, |rec| {
+    breaker::ensure(&store, KEY).unwrap();
+    let updated = breaker::update(&store, KEY, |rec| {
         assert_eq!(rec, &Record::default());
         write(open_record(), Some(Transition::Opened))
     })
@@ -237,7 +240,7 @@ fn update_returns_the_record_it_read_when_the_step_keeps_it() {
     let store = MemoryStore::new();
     store.set(KEY, &open_record().encode(), 0).unwrap();
     let t = token(&store, KEY);
-    let updated = store::update(&store, KEY, |_| keep()).unwrap();
+    let updated = breaker::update(&store, KEY, |_| keep()).unwrap();
     assert_eq!(updated.current, open_record());
     assert_eq!(token(&store, KEY), t, "nothing written");
 }
@@ -249,7 +252,7 @@ fn a_corrupt_value_is_reported_and_replaced_on_the_next_write() {
     let p = policy();
     // An admission in (fresh) CLOSED writes nothing: still corrupt, reported every time.
     for _ in 0..2 {
-        let updated = store::update(&store, KEY, |rec| breaker::admit(rec, &p, at(0))).unwrap();
+        let updated = breaker::update(&store, KEY, |rec| breaker::admit(rec, &p, at(0))).unwrap();
         assert!(updated.was_corrupt);
         assert!(matches!(updated.step.result, Decision::Allow(_)));
         assert_eq!(value(&store, KEY), b"\x01not a record");
@@ -259,7 +262,7 @@ fn a_corrupt_value_is_reported_and_replaced_on_the_next_write() {
         Decision::Allow(t) => t,
         other => panic!("{other:?}"),
     };
-    let updated = store::update(&store, KEY, |rec| {
+    let updated = breaker::update(&store, KEY, |rec| {
         breaker::record(rec, &p, at(1), ticket, Outcome::Failure)
     })
     .unwrap();
@@ -268,7 +271,7 @@ fn a_corrupt_value_is_reported_and_replaced_on_the_next_write() {
     let stored = Record::decode(&value(&store, KEY)).expect("readable now");
     assert_eq!(stored.consecutive_failures, 1);
     // From now on it is not corrupt.
-    let updated = store::update(&store, KEY, |_| keep()).unwrap();
+    let updated = breaker::update(&store, KEY, |_| keep()).unwrap();
     assert!(!updated.was_corrupt);
 }
 
@@ -276,7 +279,7 @@ fn a_corrupt_value_is_reported_and_replaced_on_the_next_write() {
 fn update_gives_up_after_max_cas_attempts_against_a_store_that_always_mismatches() {
     let store = AlwaysMismatch::default();
     let mut decisions = 0;
-    let result = store::update(&store, KEY, |_| {
+    let result = breaker::update(&store, KEY, |_| {
         decisions += 1;
         write(open_record(), Some(Transition::Opened))
     });
@@ -290,7 +293,7 @@ fn update_gives_up_after_max_cas_attempts_against_a_store_that_always_mismatches
 fn update_rereads_and_redecides_after_each_lost_race() {
     // Two rivals write before our write on the first two attempts; the third lands.
     let store = Hooked::new();
-    store::ensure(&store.inner, KEY).unwrap();
+    breaker::ensure(&store.inner, KEY).unwrap();
     let rivals = Cell::new(0u32);
     *store.before_set.borrow_mut() = Some(Box::new(move |inner: &MemoryStore| {
         if rivals.get() < 2 {
@@ -302,7 +305,7 @@ fn update_rereads_and_redecides_after_each_lost_race() {
         }
     }));
     let mut seen = Vec::new();
-    let updated = store::update(&store, KEY, |rec| {
+    let updated = breaker::update(&store, KEY, |rec| {
         seen.push(rec.consecutive_failures);
         let mut next = rec.clone();
         next.consecutive_failures += 10;
@@ -337,7 +340,7 @@ fn only_the_write_that_lands_reports_a_transition() {
     let pp = p.clone();
     *store.before_set.borrow_mut() = Some(Box::new(move |inner: &MemoryStore| {
         if rt.borrow().is_none() {
-            let updated = store::update(inner, KEY, |rec| {
+            let updated = breaker::update(inner, KEY, |rec| {
                 breaker::record(rec, &pp, at(2), ticket, Outcome::Failure)
             })
             .unwrap();
@@ -345,7 +348,7 @@ fn only_the_write_that_lands_reports_a_transition() {
         }
     }));
     let mut attempts = 0;
-    let updated = store::update(&store, KEY, |rec| {
+    let updated = breaker::update(&store, KEY, |rec| {
         attempts += 1;
         breaker::record(rec, &p, at(3), ticket, Outcome::Failure)
     })
@@ -366,11 +369,11 @@ fn host_errors_are_passed_through_without_retrying() {
         sets: Cell::new(0),
     };
     assert_eq!(
-        store::update(&on_get, KEY, |_| write(open_record(), None)),
+        breaker::update(&on_get, KEY, |_| write(open_record(), None)),
         Err(UpdateError::Host(3))
     );
-    assert_eq!(store::ensure(&on_get, KEY), Err(UpdateError::Host(3)));
-    assert_eq!(store::load(&on_get, KEY), Err(UpdateError::Host(3)));
+    assert_eq!(breaker::ensure(&on_get, KEY), Err(UpdateError::Host(3)));
+    assert_eq!(breaker::load(&on_get, KEY), Err(UpdateError::Host(3)));
 
     let on_set = Failing {
         get: None,
@@ -378,11 +381,11 @@ fn host_errors_are_passed_through_without_retrying() {
         sets: Cell::new(0),
     };
     assert_eq!(
-        store::update(&on_set, KEY, |_| write(open_record(), None)),
+        breaker::update(&on_set, KEY, |_| write(open_record(), None)),
         Err(UpdateError::Host(9))
     );
     assert_eq!(on_set.sets.get(), 1, "a host error is not a lost race");
-    assert_eq!(store::ensure(&on_set, KEY), Err(UpdateError::Host(9)));
+    assert_eq!(breaker::ensure(&on_set, KEY), Err(UpdateError::Host(9)));
 }
 
 #[test]
@@ -392,7 +395,7 @@ fn a_mismatch_reported_by_get_is_a_host_error() {
         set: None,
         sets: Cell::new(0),
     };
-    assert_eq!(store::load(&odd, KEY), Err(UpdateError::Host(0)));
+    assert_eq!(breaker::load(&odd, KEY), Err(UpdateError::Host(0)));
 }
 
 // ---------------------------------------------------------------- test doubles
@@ -464,4 +467,41 @@ impl SharedStore for Failing {
             None => Ok(()),
         }
     }
+}
+
+#[test]
+fn the_registry_lists_each_bucket_once_and_skips_names_it_could_not_read_back() {
+    use marty_resilience_core::registry::{register, registered};
+    let shared = MemoryStore::new();
+    assert!(registered(&shared).is_empty());
+    for name in ["users", "orders", "users", "", "two\nlines"] {
+        register(&shared, name).unwrap();
+    }
+    assert_eq!(registered(&shared), ["users", "orders"]);
+}
+
+#[test]
+fn the_registry_is_bounded() {
+    use marty_resilience_core::registry::{register, registered, MAX_REGISTERED};
+    let shared = MemoryStore::new();
+    for i in 0..MAX_REGISTERED + 5 {
+        register(&shared, &format!("r{i}")).unwrap();
+    }
+    assert_eq!(registered(&shared).len(), MAX_REGISTERED);
+}
+
+#[test]
+fn the_registry_retries_a_lost_race_through_the_bounded_loop() {
+    use marty_resilience_core::registry::{register, registered};
+    // Our first write loses to another worker's registration; the second lands.
+    let shared = Hooked::new();
+    let raced = Cell::new(false);
+    *shared.before_set.borrow_mut() = Some(Box::new(move |inner: &MemoryStore| {
+        if !raced.replace(true) {
+            register(inner, "other").unwrap();
+        }
+    }));
+    register(&shared, "mine").unwrap();
+    let names = registered(&shared.inner);
+    assert!(names.contains(&"mine".to_string()) && names.contains(&"other".to_string()));
 }

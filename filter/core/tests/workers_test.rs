@@ -1,5 +1,5 @@
 //! Real threads sharing one store, as Envoy workers share proxy shared data: each simulates
-//! requests (admit, outcome, record) and housekeeping ticks through `store::update` on one key,
+//! requests (admit, outcome, record) and housekeeping ticks through `breaker::update` on one key,
 //! with a shared logical clock, through failure storms and quiet spells.
 //!
 //! A logging store serializes every write that lands, with the operation that made it and the
@@ -35,7 +35,7 @@ use marty_resilience_core::breaker::{
     self, Decision, Outcome, Record, State, Step, Ticket, Transition,
 };
 use marty_resilience_core::config::{BreakerPolicy, Environment};
-use marty_resilience_core::store::{self, MemoryStore, SharedStore, StoreError, UpdateError};
+use marty_resilience_core::store::{MemoryStore, SharedStore, StoreError, UpdateError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -157,7 +157,7 @@ struct Scenario {
     yield_one_in: u64,
 }
 
-/// Runs `op` through `store::update`, noting what landed and which transition it reported.
+/// Runs `op` through `breaker::update`, noting what landed and which transition it reported.
 fn step<T>(
     s: &LoggingStore,
     worker: usize,
@@ -167,7 +167,7 @@ fn step<T>(
 ) -> Option<(T, Record, bool)> {
     CURRENT.with(|c| c.set(Some((worker, op))));
     let mut base = Record::default();
-    let result = store::update(s, KEY, |rec| {
+    let result = breaker::update(s, KEY, |rec| {
         base = rec.clone();
         decide(rec)
     });
@@ -285,7 +285,7 @@ fn run(sc: &Scenario, seed: u64) {
         mismatches: AtomicU64::new(0),
     };
     // Created before traffic, as the filter does at configure time.
-    store::ensure(&s.inner, KEY).unwrap();
+    breaker::ensure(&s.inner, KEY).unwrap();
     let clock = AtomicU64::new(1);
     let reports: Vec<Report> = thread::scope(|scope| {
         let handles: Vec<_> = (0..sc.workers)
@@ -301,7 +301,7 @@ fn run(sc: &Scenario, seed: u64) {
             .collect()
     });
     let log = s.log.into_inner().unwrap();
-    let (last, _, _) = store::load(&s.inner, KEY).unwrap();
+    let (last, _, _) = breaker::load(&s.inner, KEY).unwrap();
     // The seed fixes each worker's choices; the interleaving is the scheduler's.
     let ctx = format!("{} (seed {seed}: MARTY_TEST_SEED={seed})", sc.name);
     let p = &sc.policy;

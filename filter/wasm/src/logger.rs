@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::host;
+use crate::abi as host;
 
 struct Logger;
 

@@ -27,14 +27,14 @@
 //! Per-request shared-data traffic is what the filter avoids: a read-modify-write per request
 //! would serialise every worker on Envoy's one shared-data lock. Instead each worker counts its
 //! requests, retries and failures locally in a [`Pending`], and on its tick [`flush`]es them
-//! with one bounded compare-and-swap loop (as [`crate::store::update`] does for the breaker).
+//! with one bounded compare-and-swap loop (as [`crate::breaker::update`] does for the breaker).
 //! The flush recomputes the route's [`Snapshot`] from the record it read or wrote, and the
 //! worker caches it: retry decisions and the adaptive failure ratio come from the cache, so
 //! they are at most one tick stale. A flush that loses its races [`MAX_CAS_ATTEMPTS`] times
 //! keeps its counts for the next tick, so no count is lost, only delayed. Counts are dated at
 //! the flush, not when they happened: at most one tick late in a window of seconds.
 //!
-//! The key is [`budget_key`]: `marty.resilience/v1/budget/<route>`, created at configure time
+//! The key is [`crate::keys::budget`]: `marty.resilience/v1/budget/<route>`, created at configure time
 //! with [`ensure`] (as breaker keys are), since keys cannot be deleted.
 
 use crate::le::Reader;
@@ -55,11 +55,6 @@ pub const RECORD_LEN: usize = 1 + 8 + BUCKETS * BUCKET_LEN;
 pub const DEFAULT_WINDOW_NS: u64 = 10 * NANOS_PER_SEC;
 pub const DEFAULT_RATIO: f64 = 0.2;
 pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
-
-/// The shared-data key of a route's retry budget.
-pub fn budget_key(route: &str) -> String {
-    format!("marty.resilience/v1/budget/{route}")
-}
 
 /// A route's budget.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,33 +1,22 @@
-//! The host calls the filter makes, as results that never panic.
+//! The [`Host`] over the proxy-wasm ABI, as results that never panic.
 //!
 //! The SDK's wrappers `panic!` on any status they did not expect (rust-sdk #82, #185), and a
 //! panic traps the VM and every request on it. These declare the same ABI 0.2.1 imports with a
-//! plain `u32` status and return `Result`, so an odd answer from the host is handled like any
-//! other input.
+//! plain `u32` status and return `Option`/`Result`, so an odd answer from the host is handled
+//! like any other input.
 
+use std::cell::RefCell;
 use std::ptr::{null, null_mut};
 
+use marty_resilience_core::host::{Host, LocalReply, Map, MetricKind};
+use marty_resilience_core::proxy::reply::GRPC_UNAVAILABLE;
 use marty_resilience_core::store::{SharedStore, StoreError};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
-
-/// `MapType` values of the ABI.
-#[derive(Clone, Copy)]
-#[repr(u32)]
-pub enum Map {
-    RequestHeaders = 0,
-    ResponseHeaders = 2,
-    ResponseTrailers = 3,
-}
-
-#[derive(Clone, Copy)]
-#[repr(u32)]
-pub enum MetricKind {
-    Counter = 0,
-    Gauge = 1,
-}
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -138,89 +127,187 @@ unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
     }
 }
 
-/// Reads a property by path; `None` when absent or on any host error.
-pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    // The ABI's path encoding: each segment followed by a NUL.
+/// The host of one VM. Zero-cost apart from the VM's random generator.
+pub struct Abi {
+    rng: RefCell<SmallRng>,
+}
+
+impl Abi {
+    pub fn new() -> Self {
+        Self {
+            // Seeded from WASI `random_get` (Envoy's entropy); a fixed seed only if that fails.
+            rng: RefCell::new(
+                SmallRng::from_rng(rand::rngs::OsRng)
+                    .unwrap_or_else(|_| SmallRng::seed_from_u64(0x006d_6172_7479)),
+            ),
+        }
+    }
+}
+
+/// The ABI's property path encoding: each segment followed by a NUL.
+fn encode_path(path: &[&str]) -> Vec<u8> {
     let mut encoded = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
     for segment in path {
         encoded.extend_from_slice(segment.as_bytes());
         encoded.push(0);
     }
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: pointers to live locals; the returned block is handed to `owned` once.
-    unsafe {
-        match proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) {
-            OK => owned(data, size),
-            _ => None,
+    encoded
+}
+
+impl Host for Abi {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let encoded = encode_path(path);
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: pointers to live locals; the returned block is handed to `owned` once.
+        unsafe {
+            match proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) {
+                OK => owned(data, size),
+                _ => None,
+            }
         }
     }
-}
 
-/// Reads a header (or trailer) value; `None` when absent or on any host error.
-pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: as in `property`.
-    unsafe {
-        match proxy_get_header_map_value(
-            map as u32,
-            name.as_ptr(),
-            name.len(),
-            &mut data,
-            &mut size,
-        ) {
-            OK => owned(data, size),
-            _ => None,
+    fn header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: as in `property`.
+        unsafe {
+            match proxy_get_header_map_value(
+                map as u32,
+                name.as_ptr(),
+                name.len(),
+                &mut data,
+                &mut size,
+            ) {
+                OK => owned(data, size),
+                _ => None,
+            }
         }
     }
-}
 
-/// Removes a header (all its values); a missing header is not an error.
-pub fn remove_header(map: Map, name: &str) {
-    // SAFETY: pointer to a live borrow for the duration of the call.
-    unsafe {
-        proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len());
+    fn set_header(&self, map: Map, name: &str, value: &str) {
+        // SAFETY: pointers to live borrows for the duration of the call.
+        unsafe {
+            proxy_replace_header_map_value(
+                map as u32,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            );
+        }
+    }
+
+    fn remove_header(&self, map: Map, name: &str) {
+        // SAFETY: pointer to a live borrow for the duration of the call.
+        unsafe {
+            proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len());
+        }
+    }
+
+    fn set_filter_state(&self, name: &str, value: &str) {
+        // SAFETY: pointers to live borrows for the duration of the call.
+        unsafe {
+            proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
+        }
+    }
+
+    fn send_local_reply(&self, reply: &LocalReply) -> bool {
+        let serialized = serialize_pairs(&reply.headers);
+        let grpc_status = reply.grpc_status.map_or(-1, |code| {
+            i32::try_from(code).unwrap_or(GRPC_UNAVAILABLE as i32)
+        });
+        // SAFETY: all pointers are to live locals for the duration of the call.
+        unsafe {
+            proxy_send_local_response(
+                u32::from(reply.status),
+                reply.details.as_ptr(),
+                reply.details.len(),
+                if reply.body.is_empty() {
+                    null()
+                } else {
+                    reply.body.as_ptr()
+                },
+                reply.body.len(),
+                serialized.as_ptr(),
+                serialized.len(),
+                grpc_status,
+            ) == OK
+        }
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+        let mut id = 0;
+        // SAFETY: pointers to live locals.
+        unsafe {
+            (proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) == OK)
+                .then_some(id)
+        }
+    }
+
+    fn increment_metric(&self, id: u32, delta: i64) {
+        // SAFETY: plain values. A failure only loses a count.
+        unsafe {
+            proxy_increment_metric(id, delta);
+        }
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        // SAFETY: plain values.
+        unsafe {
+            proxy_record_metric(id, value);
+        }
+    }
+
+    fn get_metric(&self, id: u32) -> Option<u64> {
+        let mut value = 0;
+        // SAFETY: pointer to a live local.
+        unsafe { (proxy_get_metric(id, &mut value) == OK).then_some(value) }
+    }
+
+    /// WASI `clock_time_get(MONOTONIC)`: one process-wide time base, so deadlines written by
+    /// one worker mean the same to every other.
+    fn monotonic_ns(&self) -> u64 {
+        const MONOTONIC: u32 = 1;
+        let mut now = 0;
+        // SAFETY: pointer to a live local; on error `now` stays 0 and deadlines simply expire.
+        unsafe {
+            clock_time_get(MONOTONIC, 1, &mut now);
+        }
+        now
+    }
+
+    fn unix_ms(&self) -> u64 {
+        let mut now = 0;
+        // SAFETY: pointer to a live local.
+        unsafe {
+            proxy_get_current_time_nanoseconds(&mut now);
+        }
+        now / 1_000_000
+    }
+
+    fn draw(&self) -> f64 {
+        self.rng.borrow_mut().gen::<f64>()
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        // SAFETY: plain value.
+        unsafe { proxy_set_effective_context(context_id) == OK }
+    }
+
+    fn resume_request(&self) -> bool {
+        const HTTP_REQUEST: u32 = 0;
+        // SAFETY: plain value.
+        unsafe { proxy_continue_stream(HTTP_REQUEST) == OK }
+    }
+
+    fn set_tick_period_ms(&self, period: u32) {
+        set_tick_period_ms(period);
     }
 }
 
-/// Sets a header, replacing any value it had.
-pub fn set_header(map: Map, name: &str, value: &str) {
-    // SAFETY: pointers to live borrows for the duration of the call.
-    unsafe {
-        proxy_replace_header_map_value(
-            map as u32,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        );
-    }
-}
-
-/// Writes Envoy filter state `wasm.<name>`, which access logs read with
-/// `%FILTER_STATE(wasm.<name>:PLAIN)%`. (A Wasm module cannot write dynamic metadata.)
-pub fn set_filter_state(name: &str, value: &str) {
-    // SAFETY: pointers to live borrows for the duration of the call.
-    unsafe {
-        proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
-    }
-}
-
-/// Makes `context_id` the stream later host calls apply to (from the root's tick).
-pub fn set_effective_context(context_id: u32) -> bool {
-    // SAFETY: plain value.
-    unsafe { proxy_set_effective_context(context_id) == OK }
-}
-
-/// Resumes the effective stream's paused request.
-pub fn resume_request() -> bool {
-    const HTTP_REQUEST: u32 = 0;
-    // SAFETY: plain value.
-    unsafe { proxy_continue_stream(HTTP_REQUEST) == OK }
-}
-
-/// Sets the calling VM's root tick period (from any of its contexts).
+/// Sets the calling VM's root tick period.
 pub fn set_tick_period_ms(period: u32) {
     // SAFETY: plain value.
     unsafe {
@@ -242,38 +329,9 @@ pub fn plugin_configuration(size: usize) -> Vec<u8> {
     }
 }
 
-/// Replies locally instead of forwarding. `grpc_status` >= 0 makes Envoy answer a gRPC request
-/// trailers-only with that status and `body` as the `grpc-message`.
-pub fn send_local_response(
-    status: u32,
-    details: &str,
-    body: &[u8],
-    headers: &[(&str, &str)],
-    grpc_status: i32,
-) -> bool {
-    let serialized = serialize_pairs(headers);
-    // SAFETY: all pointers are to live locals for the duration of the call.
-    unsafe {
-        proxy_send_local_response(
-            status,
-            details.as_ptr(),
-            details.len(),
-            if body.is_empty() {
-                null()
-            } else {
-                body.as_ptr()
-            },
-            body.len(),
-            serialized.as_ptr(),
-            serialized.len(),
-            grpc_status,
-        ) == OK
-    }
-}
-
 /// The ABI's header-map encoding: count, then (name length, value length) pairs, then each
 /// name and value followed by a NUL.
-fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+fn serialize_pairs(pairs: &[(&str, String)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (name, value) in pairs {
@@ -289,66 +347,8 @@ fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// Defines a stat; `None` if the host refuses (the filter then simply does not count it).
-pub fn define_metric(kind: MetricKind, name: &str) -> Option<u32> {
-    let mut id = 0;
-    // SAFETY: pointers to live locals.
-    unsafe {
-        (proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) == OK).then_some(id)
-    }
-}
-
-pub fn increment_metric(id: Option<u32>, offset: i64) {
-    if let Some(id) = id {
-        // SAFETY: plain values. A failure only loses a count.
-        unsafe {
-            proxy_increment_metric(id, offset);
-        }
-    }
-}
-
-pub fn record_metric(id: Option<u32>, value: u64) {
-    if let Some(id) = id {
-        // SAFETY: plain values.
-        unsafe {
-            proxy_record_metric(id, value);
-        }
-    }
-}
-
-pub fn get_metric(id: Option<u32>) -> Option<u64> {
-    let id = id?;
-    let mut value = 0;
-    // SAFETY: pointer to a live local.
-    unsafe { (proxy_get_metric(id, &mut value) == OK).then_some(value) }
-}
-
-/// Envoy's monotonic clock in nanoseconds (WASI `clock_time_get(MONOTONIC)`): one process-wide
-/// time base, so deadlines written by one worker mean the same to every other.
-pub fn monotonic_ns() -> u64 {
-    const MONOTONIC: u32 = 1;
-    let mut now = 0;
-    // SAFETY: pointer to a live local; on error `now` stays 0 and deadlines simply expire.
-    unsafe {
-        clock_time_get(MONOTONIC, 1, &mut now);
-    }
-    now
-}
-
-/// Wall clock in milliseconds since the Unix epoch, only for reporting when things happened.
-pub fn unix_ms() -> u64 {
-    let mut now = 0;
-    // SAFETY: pointer to a live local.
-    unsafe {
-        proxy_get_current_time_nanoseconds(&mut now);
-    }
-    now / 1_000_000
-}
-
 /// The host's shared data (per `vm_id`, shared by every worker of the Envoy process).
-pub struct HostStore;
-
-impl SharedStore for HostStore {
+impl SharedStore for Abi {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         let mut data = null_mut();
         let mut size = 0;

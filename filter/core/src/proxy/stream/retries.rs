@@ -1,39 +1,36 @@
 //! The retry half of a stream: the route's policy as Envoy's own retry headers, set before the
 //! router, with retries switched off while the breaker is not CLOSED or the route's retry
-//! budget is spent; and the attempts Envoy reports (`x-envoy-attempt-count`, with the virtual
-//! host's `include_attempt_count_in_response`) counted toward the budget.
+//! budget is spent; the attempts Envoy reports (`x-envoy-attempt-count`, with the virtual
+//! host's `include_attempt_count_in_response`) counted toward the budget; and, in the upstream
+//! placement, each retry held for the route's backoff delay.
 
 use log::debug;
-use marty_resilience_core::breaker::{Now, State, Ticket};
-use marty_resilience_core::config::retry::{RetryPolicy, CLIENT_RETRY_HEADERS};
-use marty_resilience_core::store;
-use proxy_wasm::types::Action;
 
 use super::Stream;
-use crate::host::{self, HostStore, Map};
-use crate::metrics::inc;
-use crate::plugin::Bucket;
+use crate::breaker::{self, Now, State, Ticket};
+use crate::config::retry::{RetryPolicy, CLIENT_RETRY_HEADERS};
+use crate::host::{Host, Map};
+use crate::proxy::bucket::BucketState;
+use crate::proxy::Action;
+use crate::retry::{self, Suppressed};
 
-/// Attempts counted from one response, at most: Envoy's own retry limit is far lower.
-const MAX_COUNTED_ATTEMPTS: u32 = 16;
-
-impl Stream {
+impl<H: Host> Stream<H> {
     /// Upstream mode: this is one try of a request. A retry (try n >= 2, from the router's
     /// `x-envoy-attempt-count`, which the virtual host's `include_request_attempt_count` adds) is
     /// held for the route's backoff delay before it goes out; the first try passes at once.
     pub(super) fn on_upstream_try(&mut self, route_name: &str, now: Now) -> Action {
         let bucket = self.plugin.resolve(route_name, now.mono_ns);
         self.bucket = Some(bucket.clone());
-        let route = bucket.route.borrow().clone();
-        let retry = &route.policy.retry;
-        if !retry.enabled {
+        let route = bucket.route();
+        let policy = &route.policy.retry;
+        if !policy.enabled {
             return Action::Continue;
         }
-        if retry.count_attempts && route.policy.circuit_breaker.enabled {
+        if policy.count_attempts && route.policy.circuit_breaker.enabled {
             // Every try's outcome goes to the breaker, while it is CLOSED: probes are admitted
             // and recorded before the router.
-            self.ticket = bucket.admit_fast().or_else(|| {
-                store::load(&HostStore, &route.key)
+            self.ticket = bucket.admit_cached(self.host()).or_else(|| {
+                breaker::load(self.host(), &route.key)
                     .ok()
                     .filter(|(record, _, _)| record.state == State::Closed)
                     .map(|(record, _, _)| Ticket {
@@ -42,27 +39,29 @@ impl Stream {
                     })
             });
         }
-        let attempt = host::header(Map::RequestHeaders, "x-envoy-attempt-count")
-            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
-            .unwrap_or(1);
+        let attempt = retry::attempt_number(
+            self.host()
+                .header(Map::RequestHeaders, "x-envoy-attempt-count")
+                .as_deref(),
+        );
         if attempt < 2 {
             return Action::Continue;
         }
-        inc(bucket.metrics.retry_attempts);
+        bucket.stats.retry_attempts.inc(self.host());
         let failure_ratio = bucket
             .budget
             .borrow()
             .1
             .as_ref()
             .map_or(0.0, |s| s.failure_ratio);
-        let delay = retry
+        let delay = policy
             .backoff
-            .delay(attempt - 1, failure_ratio, self.plugin.draw());
+            .delay(attempt - 1, failure_ratio, self.host().draw());
         debug!(
             "route {}: try {attempt} held {} ms ({})",
             route.bucket,
             delay / 1_000_000,
-            retry.backoff.strategy.name()
+            policy.backoff.strategy.name()
         );
         if delay == 0 {
             return Action::Continue;
@@ -70,48 +69,47 @@ impl Stream {
         self.hold(now.mono_ns, delay, None)
     }
 
-    pub(super) fn apply_retry_policy(&mut self, bucket: &Bucket, policy: &RetryPolicy) {
+    pub(super) fn apply_retry_policy(&mut self, bucket: &BucketState, policy: &RetryPolicy) {
         self.retries_enabled = true;
-        let probe = self.ticket.is_some_and(|t| t.probe.is_some());
+        let is_probe = self.ticket.is_some_and(|t| t.probe.is_some());
         let max_retries = {
             let mut budget = bucket.budget.borrow_mut();
             let (pending, snapshot) = &mut *budget;
             pending.request();
-            if probe {
-                // No retries into a probing upstream (Marty's enable_circuit_breaker).
-                inc(bucket.metrics.retries_suppressed_breaker);
-                0
-            } else if snapshot
-                .as_ref()
-                .is_some_and(|s| !s.allows_retry_with(pending, &policy.budget))
-            {
-                inc(bucket.metrics.retries_suppressed_budget);
-                debug!(
-                    "route {}: retry budget spent; no retries",
-                    bucket.route.borrow().bucket
-                );
-                0
-            } else {
-                policy.max_retries()
+            match retry::max_retries(policy, is_probe, snapshot.as_ref(), pending) {
+                Ok(n) => n,
+                Err(Suppressed::Probe) => {
+                    bucket.stats.retries_suppressed_breaker.inc(self.host());
+                    0
+                }
+                Err(Suppressed::Budget) => {
+                    bucket.stats.retries_suppressed_budget.inc(self.host());
+                    debug!(
+                        "route {}: retry budget spent; no retries",
+                        bucket.route.borrow().bucket
+                    );
+                    0
+                }
             }
         };
         let headers = policy.headers(max_retries);
+        let host = self.host();
         if policy.trust_client_headers {
             // The client's own retry headers win; the policy fills in what it did not send.
             for (name, value) in &headers {
-                if host::header(Map::RequestHeaders, name).is_none() {
-                    host::set_header(Map::RequestHeaders, name, value);
+                if host.header(Map::RequestHeaders, name).is_none() {
+                    host.set_header(Map::RequestHeaders, name, value);
                 }
             }
             return;
         }
         for (name, value) in &headers {
-            host::set_header(Map::RequestHeaders, name, value);
+            host.set_header(Map::RequestHeaders, name, value);
         }
         // A client must not be able to multiply load on a struggling upstream.
         for name in CLIENT_RETRY_HEADERS {
             if !headers.iter().any(|(set, _)| set == name) {
-                host::remove_header(Map::RequestHeaders, name);
+                host.remove_header(Map::RequestHeaders, name);
             }
         }
     }
@@ -121,15 +119,18 @@ impl Stream {
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
-        let attempts = host::header(Map::ResponseHeaders, "x-envoy-attempt-count")
-            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
-            .unwrap_or(1)
-            .min(MAX_COUNTED_ATTEMPTS);
-        let retries = attempts.saturating_sub(1);
+        let retries = retry::retries_reported(
+            self.host()
+                .header(Map::ResponseHeaders, "x-envoy-attempt-count")
+                .as_deref(),
+        );
         if retries == 0 {
             return;
         }
-        host::increment_metric(bucket.metrics.retry_attempts, i64::from(retries));
+        bucket
+            .stats
+            .retry_attempts
+            .add(self.host(), i64::from(retries));
         let mut budget = bucket.budget.borrow_mut();
         for _ in 0..retries {
             budget.0.retry();

@@ -1,0 +1,62 @@
+//! What one VM knows of one bucket: its resolved route, its stat ids, its last view of the
+//! shared breaker record, and its retry-budget counts.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::breaker::{self, Record, State, Ticket};
+use crate::host::Host;
+use crate::retry::budget;
+use crate::routes::Route;
+use crate::stats::RouteStats;
+
+pub struct BucketState {
+    /// The latest resolution of the bucket's route (policy may change with metadata).
+    pub route: RefCell<Rc<Route>>,
+    pub stats: RouteStats,
+    /// The record as this VM last read or wrote it: lets a success skip the write when there
+    /// is no failure streak to reset.
+    pub view: RefCell<Option<Record>>,
+    /// This worker's retry-budget counts since the last flush, and the budget as of it.
+    pub budget: RefCell<(budget::Pending, Option<budget::Snapshot>)>,
+    /// `circuit_opened_total` as it stood before the read that last showed the breaker
+    /// CLOSED (see [`breaker::admit_cached`]).
+    pub opened_as_of_view: Cell<Option<u64>>,
+}
+
+impl BucketState {
+    pub fn new(route: Route, stats: RouteStats) -> Self {
+        Self {
+            route: RefCell::new(Rc::new(route)),
+            stats,
+            view: RefCell::new(None),
+            budget: RefCell::new((budget::Pending::default(), None)),
+            opened_as_of_view: Cell::new(None),
+        }
+    }
+
+    pub fn route(&self) -> Rc<Route> {
+        self.route.borrow().clone()
+    }
+
+    /// Admission from this VM's view when no worker can have opened the breaker since: one
+    /// counter read instead of a shared-data read, which must copy the record into the VM.
+    pub fn admit_cached<H: Host>(&self, host: &H) -> Option<Ticket> {
+        breaker::admit_cached(
+            self.view.borrow().as_ref(),
+            self.opened_as_of_view.get(),
+            self.stats.opened.get(host),
+        )
+    }
+
+    /// Nothing for the tick to do: CLOSED with no failure streak as of the last read, and no
+    /// worker has opened the breaker since (the state gauge is then already right).
+    pub fn is_quiet<H: Host>(&self, host: &H) -> bool {
+        self.admit_cached(host).is_some()
+            && self
+                .view
+                .borrow()
+                .as_ref()
+                .is_some_and(|v| v.consecutive_failures == 0 && v.state == State::Closed)
+    }
+}

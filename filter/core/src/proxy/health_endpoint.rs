@@ -1,0 +1,66 @@
+//! The health endpoint: `health.path` answers Marty's JSON status, `health.report_path` the
+//! text report, to allowed peers only. Built from the shared breaker records, so any worker
+//! answers for every bucket.
+
+use std::collections::BTreeSet;
+
+use super::reply;
+use super::Plugin;
+use crate::breaker;
+use crate::health::{method_allowed, peer_ip, Endpoint, Report, RouteHealth};
+use crate::host::{Host, Map};
+use crate::{keys, registry};
+
+/// Answers `endpoint` locally; nothing reaches the upstream.
+pub fn answer<H: Host>(plugin: &Plugin<H>, endpoint: Endpoint) {
+    let host = &plugin.host;
+    let settings = &plugin.settings.health;
+    let allowed = host
+        .property(&["source", "address"])
+        .and_then(|a| String::from_utf8(a).ok())
+        .and_then(|a| peer_ip(&a))
+        .is_some_and(|ip| settings.allowed_sources.iter().any(|c| c.contains(ip)));
+    if !allowed {
+        host.send_local_reply(&reply::health_not_allowed());
+        return;
+    }
+    if !method_allowed(host.header(Map::RequestHeaders, ":method").as_deref()) {
+        host.send_local_reply(&reply::health_method_not_allowed());
+        return;
+    }
+
+    let now = plugin.now();
+    let mut names: BTreeSet<String> = registry::registered(host).into_iter().collect();
+    names.extend(plugin.bucket_names());
+    let rows: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let record = breaker::load(host, &keys::breaker(&name))
+                .map(|(record, _, _)| record)
+                .unwrap_or_default();
+            let policy = plugin.bucket_policy(&name);
+            let active = plugin.active_requests(&name);
+            (name, record, policy, active)
+        })
+        .collect();
+    let report = Report {
+        service_name: &plugin.settings.service_name,
+        environment: plugin.settings.environment,
+        now_mono_ns: now.mono_ns,
+        now_unix_ms: now.unix_ms,
+        routes: rows
+            .iter()
+            .map(|(name, record, policy, active)| RouteHealth {
+                route: name,
+                record,
+                active_requests: *active,
+                policy: policy.as_ref(),
+            })
+            .collect(),
+    };
+    let (body, content_type) = match endpoint {
+        Endpoint::Status => (report.to_json().to_string(), "application/json"),
+        Endpoint::Report => (report.to_text(), "text/plain; charset=utf-8"),
+    };
+    host.send_local_reply(&reply::health(report.status(), body, content_type));
+}

@@ -1,0 +1,343 @@
+//! One HTTP stream: on the request headers, inject a fault or not, then admit or reject; watch
+//! the response, and report the outcome when the stream ends. Host reads are kept to what the
+//! decision needs: the route name per request, `:status` per response, `grpc-status` only where
+//! gRPC puts it, Envoy's response flags only when the status alone is not conclusive, and the
+//! fault triggers only on routes where fault injection is enabled.
+
+mod faults;
+mod retries;
+
+use std::rc::Rc;
+
+use log::debug;
+
+use super::bucket::BucketState;
+use super::plugin::ThenAbort;
+use super::reply::{self, Rejection};
+use super::{health_endpoint, take_slot, Action, Plugin};
+use crate::breaker::{self, Decision, Now, Outcome, State, Ticket};
+use crate::classify::{classify, needs_flags, Response};
+use crate::config::Mode;
+use crate::fault::Fault;
+use crate::health;
+use crate::host::{Host, Map};
+use crate::retry;
+
+pub struct Stream<H: Host> {
+    context_id: u32,
+    plugin: Rc<Plugin<H>>,
+    bucket: Option<Rc<BucketState>>,
+    /// Present while the request counts toward the breaker.
+    ticket: Option<Ticket>,
+    /// The request holds a slot of `active_requests`.
+    active: bool,
+    response: Response,
+    /// The request holds a slot of `active_faults`.
+    fault_active: bool,
+    /// The request is held by a delay.
+    parked: bool,
+    /// `:path`, when something already needed it.
+    path: Option<String>,
+    /// The route's retry policy applied to this request (its attempts are then counted).
+    retries_enabled: bool,
+    finished: bool,
+}
+
+impl<H: Host> Stream<H> {
+    pub fn new(context_id: u32, plugin: Rc<Plugin<H>>) -> Self {
+        Self {
+            context_id,
+            plugin,
+            bucket: None,
+            ticket: None,
+            active: false,
+            response: Response::default(),
+            fault_active: false,
+            parked: false,
+            path: None,
+            retries_enabled: false,
+            finished: false,
+        }
+    }
+
+    fn host(&self) -> &H {
+        &self.plugin.host
+    }
+
+    pub fn on_request_headers(&mut self) -> Action {
+        let now = self.plugin.now();
+        let route_name = self
+            .host()
+            .property(&["xds", "route_name"])
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .unwrap_or_default();
+        if self.plugin.settings.mode == Mode::Upstream {
+            return self.on_upstream_try(&route_name, now);
+        }
+        if self.plugin.settings.health.enabled {
+            // Only here does every request pay for reading its path.
+            let path = self.request_path();
+            if let Some(endpoint) = health::endpoint(&self.plugin.settings.health, &path) {
+                health_endpoint::answer(&self.plugin, endpoint);
+                return Action::Pause;
+            }
+            self.path = Some(path);
+        }
+        let bucket = self.plugin.resolve(&route_name, now.mono_ns);
+        self.bucket = Some(bucket.clone());
+        bucket.stats.requests.inc(self.host());
+
+        let route = bucket.route();
+        let fault = if route.policy.failure_injection.enabled {
+            self.choose_fault(&bucket, &route.policy.failure_injection)
+        } else {
+            None
+        };
+        let delay = match fault {
+            // An aborted request never reaches the upstream, so it never meets the breaker.
+            Some(Fault {
+                abort: Some(abort),
+                delay,
+                ..
+            }) => {
+                self.applied(&bucket, fault.as_ref());
+                let then = ThenAbort {
+                    abort,
+                    grpc: self.is_grpc(),
+                };
+                return match delay {
+                    Some(nanos) => self.hold(now.mono_ns, nanos, Some(then)),
+                    None => self.send(&reply::fault_abort(then.abort, then.grpc)),
+                };
+            }
+            Some(Fault { delay, .. }) => delay,
+            None => None,
+        };
+        match self.admit(&bucket, now) {
+            Action::Continue => {
+                if route.policy.retry.enabled {
+                    self.apply_retry_policy(&bucket, &route.policy.retry);
+                }
+                match delay {
+                    Some(nanos) => {
+                        self.applied(&bucket, fault.as_ref());
+                        self.hold(now.mono_ns, nanos, None)
+                    }
+                    None => Action::Continue,
+                }
+            }
+            Action::Pause => {
+                // Rejected before its delay began: the fault never happened.
+                if std::mem::take(&mut self.fault_active) {
+                    bucket.stats.active_faults.add(self.host(), -1);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    /// Sends a local reply; `Pause` once Envoy took it (it then ends the stream).
+    fn send(&self, reply: &crate::host::LocalReply) -> Action {
+        if self.host().send_local_reply(reply) {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    /// The breaker's admission; `Continue` when the request may go upstream.
+    fn admit(&mut self, bucket: &Rc<BucketState>, now: Now) -> Action {
+        let route = bucket.route();
+        let policy = &route.policy.circuit_breaker;
+        if !policy.enabled {
+            return Action::Continue;
+        }
+        let decision = match bucket.admit_cached(self.host()) {
+            Some(ticket) => Decision::Allow(ticket),
+            None => match self
+                .plugin
+                .update(bucket, |rec| breaker::admit(rec, policy, now))
+            {
+                Ok(step) => step.result,
+                // Shared state unavailable: let the request through untracked (fail open).
+                Err(_) => return Action::Continue,
+            },
+        };
+        match decision {
+            Decision::Allow(ticket) => {
+                self.ticket = Some(ticket);
+                if !take_slot(
+                    self.host(),
+                    bucket.stats.active_requests,
+                    policy.max_concurrent_requests,
+                ) {
+                    // A probe's lease is given back at once.
+                    self.release(Outcome::Ignored);
+                    bucket.stats.concurrency_rejected.inc(self.host());
+                    return self.reject(bucket, Rejection::Concurrency, 0);
+                }
+                self.active = true;
+                Action::Continue
+            }
+            Decision::Reject {
+                state,
+                retry_after_ns,
+            } => {
+                let reason = if state == State::HalfOpen {
+                    Rejection::HalfOpen
+                } else {
+                    Rejection::Open
+                };
+                self.reject(bucket, reason, retry_after_ns)
+            }
+        }
+    }
+
+    /// Answers locally: 503 for HTTP, a trailers-only UNAVAILABLE for gRPC.
+    fn reject(&mut self, bucket: &BucketState, reason: Rejection, retry_after_ns: u64) -> Action {
+        bucket.stats.rejected.inc(self.host());
+        debug!(
+            "route {}: rejected ({})",
+            bucket.route.borrow().bucket,
+            reason.details()
+        );
+        self.send(&reply::rejection(reason, retry_after_ns, self.is_grpc()))
+    }
+
+    /// Ends the request's part in the breaker exactly once, whichever callback comes first.
+    fn release(&mut self, outcome: Outcome) {
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        if std::mem::take(&mut self.active) {
+            bucket.stats.active_requests.add(self.host(), -1);
+        }
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        match outcome {
+            Outcome::Success => bucket.stats.success.inc(self.host()),
+            Outcome::Failure => {
+                bucket.stats.failure.inc(self.host());
+                if self.retries_enabled {
+                    bucket.budget.borrow_mut().0.failure();
+                }
+            }
+            Outcome::Ignored => {}
+        }
+        let route = bucket.route();
+        if retry::outcome_recorded_upstream(
+            self.plugin.settings.mode,
+            &route.policy.retry,
+            route.policy.circuit_breaker.enabled,
+            ticket.probe.is_some(),
+        ) {
+            return;
+        }
+        if breaker::record_is_noop(bucket.view.borrow().as_ref(), ticket, outcome) {
+            return;
+        }
+        let now = self.plugin.now();
+        let _ = self.plugin.update(&bucket, |rec| {
+            breaker::record(rec, &route.policy.circuit_breaker, now, ticket, outcome)
+        });
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        if std::mem::take(&mut self.parked) {
+            // The stream ended while held (the client left): it must never be resumed.
+            self.plugin.scheduler.unpark(self.context_id);
+        }
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        if std::mem::take(&mut self.fault_active) {
+            bucket.stats.active_faults.add(self.host(), -1);
+        }
+        if self.ticket.is_none() {
+            self.release(Outcome::Ignored);
+            return;
+        }
+        let route = bucket.route();
+        let policy = &route.policy.circuit_breaker;
+        if needs_flags(policy, &self.response) {
+            self.response.flags = self
+                .host()
+                .property(&["response", "flags"])
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_le_bytes);
+        }
+        let outcome = classify(policy, &self.response);
+        self.release(outcome);
+    }
+
+    fn request_path(&self) -> String {
+        self.host()
+            .header(Map::RequestHeaders, ":path")
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// gRPC requests get gRPC replies. Read only when the filter replies itself.
+    fn is_grpc(&self) -> bool {
+        self.host()
+            .header(Map::RequestHeaders, "content-type")
+            .is_some_and(|ct| ct.starts_with(b"application/grpc"))
+    }
+
+    pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
+        if self.retries_enabled {
+            self.count_attempts();
+        }
+        if self.ticket.is_none() {
+            return Action::Continue;
+        }
+        self.response.http_status = self
+            .host()
+            .header(Map::ResponseHeaders, ":status")
+            .and_then(|s| parse_u32(&s))
+            .and_then(|s| u16::try_from(s).ok());
+        if end_of_stream {
+            // A headers-only response is where gRPC puts the status of a trailers-only reply.
+            self.response.complete = true;
+            self.response.grpc_status = self
+                .host()
+                .header(Map::ResponseHeaders, "grpc-status")
+                .and_then(|s| parse_u32(&s));
+        }
+        Action::Continue
+    }
+
+    pub fn on_response_body(&mut self, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            self.response.complete = true;
+        }
+        Action::Continue
+    }
+
+    pub fn on_response_trailers(&mut self) -> Action {
+        if self.ticket.is_some() {
+            self.response.complete = true;
+            self.response.grpc_status = self
+                .host()
+                .header(Map::ResponseTrailers, "grpc-status")
+                .and_then(|s| parse_u32(&s));
+        }
+        Action::Continue
+    }
+
+    pub fn on_log(&mut self) {
+        self.finish();
+    }
+
+    pub fn on_done(&mut self) {
+        self.finish();
+    }
+}
+
+fn parse_u32(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}

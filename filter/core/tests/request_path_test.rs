@@ -1,0 +1,579 @@
+//! The request path (`proxy::Plugin` + `proxy::Stream`) driven natively through the recording
+//! fake host: admission and rejection, half-open probes, the bulkhead, each fault kind, retry
+//! headers and their suppression, and outcome recording. Envoy stays the acceptance suite;
+//! these pin each flow in milliseconds, host call by host call where it matters.
+
+// Test code: a failed expectation is a panic with a message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::rc::Rc;
+
+use marty_resilience_core::config::Settings;
+use marty_resilience_core::host::fake::{FakeEnvoy, FakeHost};
+use marty_resilience_core::host::Map;
+use marty_resilience_core::proxy::scheduler::{FAST_TICK_MS, TICK_MS};
+use marty_resilience_core::proxy::{Action, Plugin, Stream};
+
+struct Worker {
+    plugin: Rc<Plugin<FakeHost>>,
+    next_id: std::cell::Cell<u32>,
+}
+
+impl Worker {
+    fn new(envoy: &Rc<FakeEnvoy>, config: &str) -> Self {
+        let settings = Settings::parse(config.as_bytes(), &[]).expect("valid config");
+        Self {
+            plugin: Rc::new(Plugin::new(FakeHost::new(envoy), settings)),
+            next_id: std::cell::Cell::new(1),
+        }
+    }
+
+    fn host(&self) -> &FakeHost {
+        &self.plugin.host
+    }
+
+    /// Starts a request on `route` with `headers`; returns the stream and what it answered.
+    fn request(&self, route: &str, headers: &[(&str, &str)]) -> (Stream<FakeHost>, Action) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.host()
+            .set_property("xds.route_name", Some(route.as_bytes()));
+        let mut all = vec![(":method", "GET"), (":path", "/")];
+        all.extend_from_slice(headers);
+        self.host().new_stream(&all);
+        let mut stream = Stream::new(id, self.plugin.clone());
+        let action = stream.on_request_headers();
+        (stream, action)
+    }
+
+    /// Finishes a stream with a headers-only response of `status`.
+    fn respond(&self, stream: &mut Stream<FakeHost>, status: &str) {
+        self.host()
+            .set_headers(Map::ResponseHeaders, &[(":status", status)]);
+        stream.on_response_headers(false);
+        stream.on_response_body(true);
+        stream.on_log();
+        stream.on_done();
+    }
+
+    /// A whole request on `route` answered with `status` by the upstream, if admitted.
+    fn call(&self, route: &str, status: &str) -> Action {
+        let (mut stream, action) = self.request(route, &[]);
+        if action == Action::Continue {
+            self.respond(&mut stream, status);
+        } else {
+            stream.on_log();
+            stream.on_done();
+        }
+        action
+    }
+
+    fn stat(&self, name: &str) -> i64 {
+        self.host().envoy.stat(&format!("marty_resilience.{name}"))
+    }
+}
+
+const BREAKER: &str = r#"{
+  "circuit_breaker": {
+    "failure_threshold": 3, "recovery_timeout": "1s", "half_open_success_threshold": 2,
+    "half_open_max_requests": 1
+  },
+  "routes": {"users": {}}
+}"#;
+
+#[test]
+fn a_healthy_request_is_admitted_with_no_shared_data_read_once_the_view_is_warm() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    assert_eq!(worker.call("users", "200"), Action::Continue);
+    let (mut stream, action) = worker.request("users", &[]);
+    assert_eq!(action, Action::Continue);
+    worker.respond(&mut stream, "200");
+    // The cached admission reads one counter, never the record.
+    assert_eq!(worker.host().count("get_shared_data"), 0);
+    assert_eq!(worker.host().count("set_shared_data"), 0);
+    assert_eq!(
+        worker.host().count("get_property"),
+        1,
+        "the route name only"
+    );
+    assert_eq!(worker.stat("route.users.requests_total"), 2);
+    assert_eq!(worker.stat("route.users.success_total"), 2);
+    assert_eq!(worker.stat("route.users.active_requests"), 0);
+}
+
+#[test]
+fn failures_open_the_breaker_and_an_open_breaker_replies_503_without_the_upstream() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    for _ in 0..3 {
+        assert_eq!(worker.call("users", "503"), Action::Continue);
+    }
+    assert_eq!(worker.stat("route.users.circuit_opened_total"), 1);
+    assert_eq!(worker.stat("route.users.circuit_state"), 1);
+    assert_eq!(worker.call("users", "200"), Action::Pause);
+    let reply = worker.host().last_reply().expect("a local reply");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.details, "marty_circuit_open");
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "x-marty-circuit" && v == "open"));
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "retry-after" && v == "1"));
+    assert_eq!(worker.stat("route.users.rejected_total"), 1);
+    // Other buckets are untouched.
+    assert_eq!(worker.call("", "200"), Action::Continue);
+}
+
+#[test]
+fn grpc_requests_are_rejected_trailers_only_with_unavailable() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    for _ in 0..3 {
+        worker.call("users", "500");
+    }
+    let (_stream, action) = worker.request("users", &[("content-type", "application/grpc")]);
+    assert_eq!(action, Action::Pause);
+    let reply = worker.host().last_reply().unwrap();
+    assert_eq!((reply.status, reply.grpc_status), (200, Some(14)));
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, _)| *n == "grpc-retry-pushback-ms"));
+}
+
+#[test]
+fn half_open_admits_one_probe_and_two_successes_close_it() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    for _ in 0..3 {
+        worker.call("users", "503");
+    }
+    envoy.advance_ms(1_001);
+    let (mut probe, action) = worker.request("users", &[]);
+    assert_eq!(
+        action,
+        Action::Continue,
+        "the first request after recovery probes"
+    );
+    assert_eq!(worker.stat("route.users.circuit_half_opened_total"), 1);
+    assert_eq!(worker.call("users", "200"), Action::Pause, "one probe slot");
+    assert_eq!(
+        worker.host().last_reply().unwrap().details,
+        "marty_circuit_half_open"
+    );
+    worker.respond(&mut probe, "200");
+    assert_eq!(worker.call("users", "200"), Action::Continue);
+    assert_eq!(worker.stat("route.users.circuit_closed_total"), 1);
+    assert_eq!(worker.stat("route.users.circuit_state"), 0);
+}
+
+#[test]
+fn a_failed_probe_opens_the_breaker_again() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    for _ in 0..3 {
+        worker.call("users", "503");
+    }
+    envoy.advance_ms(1_001);
+    assert_eq!(worker.call("users", "503"), Action::Continue);
+    assert_eq!(worker.stat("route.users.circuit_opened_total"), 2);
+    assert_eq!(worker.call("users", "200"), Action::Pause);
+}
+
+#[test]
+fn the_tick_turns_open_into_half_open_without_traffic() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    for _ in 0..3 {
+        worker.call("users", "503");
+    }
+    envoy.advance_ms(1_001);
+    assert!(worker.plugin.tick());
+    assert_eq!(worker.stat("route.users.circuit_state"), 2);
+}
+
+#[test]
+fn two_workers_share_one_breaker() {
+    let envoy = FakeEnvoy::new();
+    let a = Worker::new(&envoy, BREAKER);
+    let b = Worker::new(&envoy, BREAKER);
+    // b warms its view while CLOSED, then a opens the breaker.
+    assert_eq!(b.call("users", "200"), Action::Continue);
+    for _ in 0..3 {
+        a.call("users", "503");
+    }
+    // b's cached admission sees circuit_opened_total move and reads the record.
+    assert_eq!(b.call("users", "200"), Action::Pause);
+}
+
+#[test]
+fn the_bulkhead_rejects_past_max_concurrent_requests_and_gives_slots_back() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"circuit_breaker": {"max_concurrent_requests": 2}, "routes": {"users": {}}}"#,
+    );
+    let (mut first, a1) = worker.request("users", &[]);
+    let (mut second, a2) = worker.request("users", &[]);
+    assert_eq!((a1, a2), (Action::Continue, Action::Continue));
+    assert_eq!(worker.stat("route.users.active_requests"), 2);
+    let (mut third, a3) = worker.request("users", &[]);
+    assert_eq!(a3, Action::Pause);
+    assert_eq!(
+        worker.host().last_reply().unwrap().details,
+        "marty_max_concurrent_requests"
+    );
+    third.on_log();
+    third.on_done();
+    assert_eq!(worker.stat("route.users.concurrency_rejected_total"), 1);
+    assert_eq!(worker.stat("route.users.active_requests"), 2);
+    worker.respond(&mut first, "200");
+    // A stream that ends without a response (client reset) gives its slot back too.
+    second.on_done();
+    assert_eq!(worker.stat("route.users.active_requests"), 0);
+    assert_eq!(worker.call("users", "200"), Action::Continue);
+}
+
+const FAULTS: &str = r#"{
+  "failure_injection": {
+    "enabled": true, "base_failure_rate": 0.0,
+    "abort": {"http_status": 418, "grpc_status": "RESOURCE_EXHAUSTED"},
+    "delay": {"duration": "100ms", "rate": 0.0, "max": "1s"},
+    "max_active_faults": 1,
+    "header_trigger": {"enabled": true, "token": "s3cret"}
+  },
+  "routes": {"users": {}}
+}"#;
+
+#[test]
+fn an_injected_abort_replies_locally_and_strips_the_trigger_and_token() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, FAULTS);
+    let (_s, action) = worker.request(
+        "users",
+        &[
+            ("x-failure-inject", "true"),
+            ("x-failure-inject-token", "s3cret"),
+        ],
+    );
+    assert_eq!(action, Action::Pause);
+    let reply = worker.host().last_reply().unwrap();
+    assert_eq!((reply.status, reply.details), (418, "marty_fault_abort"));
+    assert_eq!(worker.stat("route.users.faults_aborted_total"), 1);
+    assert_eq!(
+        worker
+            .host()
+            .header_value(Map::RequestHeaders, "x-failure-inject"),
+        None
+    );
+    assert_eq!(
+        worker
+            .host()
+            .header_value(Map::RequestHeaders, "x-failure-inject-token"),
+        None
+    );
+    assert!(worker
+        .host()
+        .filter_state
+        .borrow()
+        .contains(&("marty.resilience.fault_trigger".into(), "header".into())));
+}
+
+#[test]
+fn a_grpc_abort_answers_with_the_configured_grpc_status() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, FAULTS);
+    let (_s, action) = worker.request(
+        "users",
+        &[
+            ("content-type", "application/grpc"),
+            ("x-failure-inject", "true"),
+            ("x-failure-inject-token", "s3cret"),
+        ],
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(worker.host().last_reply().unwrap().grpc_status, Some(8));
+}
+
+#[test]
+fn a_trigger_without_the_token_is_refused_and_counted() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, FAULTS);
+    let (mut s, action) = worker.request("users", &[("x-failure-inject", "true")]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(worker.stat("route.users.fault_header_rejected_total"), 1);
+    assert_eq!(
+        worker
+            .host()
+            .header_value(Map::RequestHeaders, "x-failure-inject"),
+        None
+    );
+    worker.respond(&mut s, "200");
+    assert!(worker.host().replies.borrow().is_empty());
+}
+
+#[test]
+fn an_injected_delay_holds_the_request_and_the_tick_resumes_it() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, FAULTS);
+    let (mut s, action) = worker.request(
+        "users",
+        &[
+            ("x-failure-inject", "delay=50ms"),
+            ("x-failure-inject-token", "s3cret"),
+        ],
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(worker.host().tick_period_ms.get(), FAST_TICK_MS);
+    assert_eq!(worker.stat("route.users.active_faults"), 1);
+    envoy.advance_ms(10);
+    worker.plugin.tick();
+    assert!(worker.host().resumed.borrow().is_empty());
+    envoy.advance_ms(45);
+    worker.plugin.tick();
+    assert_eq!(*worker.host().resumed.borrow(), [1]);
+    assert_eq!(worker.host().tick_period_ms.get(), TICK_MS);
+    worker.respond(&mut s, "200");
+    assert_eq!(worker.stat("route.users.faults_delayed_total"), 1);
+    assert_eq!(worker.stat("route.users.active_faults"), 0);
+}
+
+#[test]
+fn holding_more_requests_does_not_restart_the_fast_tick() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"failure_injection": {"enabled": true, "header_trigger": {"enabled": true}}}"#,
+    );
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let (s, action) = worker.request("", &[("x-failure-inject", "delay=1s")]);
+        assert_eq!(action, Action::Pause);
+        held.push(s);
+    }
+    // Envoy restarts its timer whenever the period is set: set once, not per held request.
+    let sets = worker
+        .host()
+        .calls
+        .borrow()
+        .iter()
+        .filter(|c| **c == "set_tick_period")
+        .count();
+    assert_eq!(sets, 0, "the last request set no period");
+    assert_eq!(worker.plugin.scheduler.len(), 5);
+}
+
+#[test]
+fn a_client_that_leaves_while_held_is_never_resumed_and_frees_its_fault_slot() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, FAULTS);
+    let (mut s, _) = worker.request(
+        "users",
+        &[
+            ("x-failure-inject", "delay=50ms"),
+            ("x-failure-inject-token", "s3cret"),
+        ],
+    );
+    s.on_done();
+    envoy.advance_ms(100);
+    worker.plugin.tick();
+    assert!(worker.host().resumed.borrow().is_empty());
+    assert_eq!(worker.stat("route.users.active_faults"), 0);
+}
+
+#[test]
+fn max_active_faults_caps_faults_in_progress() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, FAULTS);
+    let trigger = [
+        ("x-failure-inject", "delay=1s"),
+        ("x-failure-inject-token", "s3cret"),
+    ];
+    let (_held, first) = worker.request("users", &trigger);
+    assert_eq!(first, Action::Pause);
+    let (mut second, action) = worker.request("users", &trigger);
+    assert_eq!(action, Action::Continue, "over the cap: not injected");
+    assert_eq!(worker.stat("route.users.faults_overflow_total"), 1);
+    assert_eq!(worker.stat("route.users.active_faults"), 1);
+    worker.respond(&mut second, "200");
+}
+
+#[test]
+fn a_configured_rate_aborts_by_the_draw() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"failure_injection": {"enabled": true, "base_failure_rate": 0.5}}"#,
+    );
+    worker
+        .host()
+        .draws
+        .borrow_mut()
+        .extend([0.4, 0.9, 0.6, 0.9]);
+    assert_eq!(worker.call("", "200"), Action::Pause);
+    assert_eq!(worker.call("", "200"), Action::Continue);
+}
+
+const RETRIES: &str = r#"{
+  "circuit_breaker": {"failure_threshold": 2, "recovery_timeout": "1s"},
+  "retry": {"enabled": true, "max_attempts": 3, "retry_on": ["5xx"], "per_try_timeout": "2s"},
+  "routes": {"users": {}}
+}"#;
+
+#[test]
+fn the_retry_policy_becomes_envoy_retry_headers_and_client_headers_are_removed() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, RETRIES);
+    let (mut s, action) = worker.request(
+        "users",
+        &[
+            ("x-envoy-max-retries", "100"),
+            ("x-envoy-retriable-header-names", "x-retry-me"),
+        ],
+    );
+    assert_eq!(action, Action::Continue);
+    let header = |n| worker.host().header_value(Map::RequestHeaders, n);
+    assert_eq!(header("x-envoy-max-retries").as_deref(), Some("2"));
+    assert_eq!(header("x-envoy-retry-on").as_deref(), Some("5xx"));
+    assert_eq!(
+        header("x-envoy-upstream-rq-per-try-timeout-ms").as_deref(),
+        Some("2000")
+    );
+    assert_eq!(header("x-envoy-retriable-header-names"), None);
+    worker.host().set_headers(
+        Map::ResponseHeaders,
+        &[(":status", "200"), ("x-envoy-attempt-count", "3")],
+    );
+    s.on_response_headers(true);
+    s.on_log();
+    assert_eq!(worker.stat("route.users.retry_attempts_total"), 2);
+}
+
+#[test]
+fn a_half_open_probe_goes_out_with_retries_switched_off() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, RETRIES);
+    for _ in 0..2 {
+        worker.call("users", "503");
+    }
+    envoy.advance_ms(1_001);
+    let (_probe, action) = worker.request("users", &[]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(
+        worker
+            .host()
+            .header_value(Map::RequestHeaders, "x-envoy-max-retries")
+            .as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        worker.stat("route.users.retries_suppressed_breaker_total"),
+        1
+    );
+}
+
+#[test]
+fn a_spent_budget_switches_retries_off_until_it_refills() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"retry": {"enabled": true, "budget": {"ratio": 0.1, "min_retries_per_second": 0}}}"#,
+    );
+    // Ten requests that each retried twice: far past a 10% budget.
+    for _ in 0..10 {
+        let (mut s, _) = worker.request("", &[]);
+        worker.host().set_headers(
+            Map::ResponseHeaders,
+            &[(":status", "200"), ("x-envoy-attempt-count", "3")],
+        );
+        s.on_response_headers(true);
+        s.on_log();
+    }
+    envoy.advance_ms(300);
+    worker.plugin.tick();
+    let (_s, _) = worker.request("", &[]);
+    assert_eq!(
+        worker
+            .host()
+            .header_value(Map::RequestHeaders, "x-envoy-max-retries")
+            .as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        worker.stat("route.default.retries_suppressed_budget_total"),
+        1
+    );
+}
+
+#[test]
+fn outcomes_follow_the_classification_grpc_status_in_trailers() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    let (mut s, _) = worker.request("users", &[("content-type", "application/grpc")]);
+    worker
+        .host()
+        .set_headers(Map::ResponseHeaders, &[(":status", "200")]);
+    s.on_response_headers(false);
+    worker
+        .host()
+        .set_headers(Map::ResponseTrailers, &[("grpc-status", "14")]);
+    s.on_response_trailers();
+    s.on_log();
+    assert_eq!(worker.stat("route.users.failure_total"), 1);
+    assert_eq!(worker.stat("route.users.success_total"), 0);
+}
+
+#[test]
+fn a_stream_reset_before_a_response_says_nothing_about_the_upstream() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    for _ in 0..5 {
+        let (mut s, _) = worker.request("users", &[]);
+        s.on_done();
+    }
+    assert_eq!(worker.stat("route.users.failure_total"), 0);
+    assert_eq!(worker.stat("route.users.circuit_state"), 0);
+    assert_eq!(worker.stat("route.users.active_requests"), 0);
+}
+
+#[test]
+fn the_health_endpoint_answers_allowed_peers_from_the_shared_records() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"health": {"enabled": true}, "circuit_breaker": {"failure_threshold": 1}, "routes": {"users": {}}}"#,
+    );
+    worker.call("users", "503");
+    worker
+        .host()
+        .set_property("source.address", Some(b"127.0.0.1:5555"));
+    worker.host().set_property("xds.route_name", Some(b""));
+    worker
+        .host()
+        .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
+    let mut s = Stream::new(99, worker.plugin.clone());
+    assert_eq!(s.on_request_headers(), Action::Pause);
+    let reply = worker.host().last_reply().unwrap();
+    assert_eq!(reply.status, 503);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["routes"]["users"]["state"], "open");
+    // A peer outside allowed_sources gets a 404, as if there were no endpoint.
+    worker
+        .host()
+        .set_property("source.address", Some(b"10.1.2.3:5555"));
+    worker
+        .host()
+        .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
+    let mut s = Stream::new(100, worker.plugin.clone());
+    assert_eq!(s.on_request_headers(), Action::Pause);
+    assert_eq!(worker.host().last_reply().unwrap().status, 404);
+}
