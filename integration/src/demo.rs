@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::client::{self, Response};
+use crate::envoy::admin_ready;
 
 /// The route the story is about: its name in `envoy/demo.yaml` and a path it matches.
 pub const ROUTE: &str = "users";
@@ -187,20 +188,6 @@ pub fn run(opts: &Options) -> Result<Summary, String> {
         let _ = demo.set_abort_percent(0, false);
     }
     result
-}
-
-/// One GET of admin `/ready`: Ok when Envoy answers 200 LIVE.
-pub fn admin_ready(admin_port: u16) -> Result<(), String> {
-    let r = client::http1(admin_port, "GET", "/ready", &[])?;
-    if r.status == 200 && r.text().trim() == "LIVE" {
-        Ok(())
-    } else {
-        Err(format!(
-            "/ready answered {} {:?}",
-            r.status,
-            r.text().trim()
-        ))
-    }
 }
 
 struct Demo {

@@ -447,6 +447,21 @@ fn is_startup_listing(line: &str) -> bool {
         .is_some_and(|(_, message)| message.starts_with("  "))
 }
 
+/// One GET of admin `/ready`: Ok when Envoy answers 200 LIVE. The one readiness probe of the
+/// harness, the demo driver and `./scripts/demo`.
+pub fn admin_ready(admin_port: u16) -> Result<(), String> {
+    let r = client::http1(admin_port, "GET", "/ready", &[])?;
+    if r.status == 200 && r.text().trim() == "LIVE" {
+        Ok(())
+    } else {
+        Err(format!(
+            "/ready answered {} {:?}",
+            r.status,
+            r.text().trim()
+        ))
+    }
+}
+
 /// A running Envoy in its own temp dir; dropping it kills the process.
 pub struct Envoy {
     child: Child,
@@ -549,10 +564,7 @@ impl Envoy {
                 .filter(|p| *p != 0);
             self.admin_port = port.ok_or("admin address file not written yet")?;
         }
-        let (status, body) = self.admin_get("/ready")?;
-        if status != 200 || body.trim() != "LIVE" {
-            return Err(format!("/ready answered {status} {:?}", body.trim()));
-        }
+        admin_ready(self.admin_port)?;
         let (_, body) = self.admin_get("/listeners?format=json")?;
         let json: Value =
             serde_json::from_str(&body).map_err(|e| format!("/listeners json: {e}: {body}"))?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use marty_integration::{demo, workspace_root, EnvoyConfig};
+use marty_integration::{demo, envoy, workspace_root, EnvoyConfig};
 
 /// The module path the bootstraps name, relative to the repository root.
 const WASM_IN_YAML: &str = "target/wasm32-wasip1/release/marty_resilience.wasm";
@@ -263,7 +263,7 @@ impl RunningEnvoy {
                     envoy.log_tail()
                 ));
             }
-            let why = match demo::admin_ready(admin_port) {
+            let why = match envoy::admin_ready(admin_port) {
                 Ok(()) => return Ok(envoy),
                 Err(why) => why,
             };

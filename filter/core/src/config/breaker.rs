@@ -1,10 +1,11 @@
 //! The `circuit_breaker` section: its resolved policy, and the partial form ("patch") that each
 //! configuration layer (preset, plugin JSON, environment, route entry, route metadata) provides.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::codes::{GrpcSet, StatusSet};
-use super::json::{boolean, duration_nanos, err, expected, integer_u32, join, unknown_field};
+use super::json::{boolean, err, expected, join};
+use super::section::{duration, plain, seconds, section, strategy_name, u32_in, Section};
 use super::ConfigError;
 use crate::retry::backoff::Strategy;
 
@@ -45,154 +46,32 @@ pub struct BreakerPolicy {
 impl BreakerPolicy {
     /// The resolved values, as configuration would write them (health reports, docs tests).
     pub fn to_json(&self) -> Value {
-        json!({
-            "enabled": self.enabled,
-            "failure_threshold": self.failure_threshold,
-            "recovery_timeout": secs(self.recovery_timeout),
-            "recovery_backoff": self.recovery_backoff.name(),
-            "max_recovery_timeout": secs(self.max_recovery_timeout),
-            "half_open_success_threshold": self.half_open_success_threshold,
-            "half_open_max_requests": self.half_open_max_requests,
-            "half_open_probe_timeout": secs(self.half_open_probe_timeout),
-            "failure_reset_timeout": secs(self.failure_reset_timeout),
-            "max_concurrent_requests": self.max_concurrent_requests,
-            "failure_status_codes": self.failure_status_codes.to_json(),
-            "ignored_status_codes": self.ignored_status_codes.to_json(),
-            "failure_grpc_status": self.failure_grpc_status.to_json(),
-            "count_connect_failures": self.count_connect_failures,
-        })
+        BreakerPatch::to_json(self)
     }
 }
 
-fn secs(nanos: u64) -> f64 {
-    nanos as f64 / crate::NANOS_PER_SEC as f64
-}
-
-/// One layer's partial `circuit_breaker` section: only the fields that layer sets.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct BreakerPatch {
-    pub enabled: Option<bool>,
-    pub failure_threshold: Option<u32>,
-    pub recovery_timeout: Option<u64>,
-    pub recovery_backoff: Option<Strategy>,
-    pub max_recovery_timeout: Option<u64>,
-    pub half_open_success_threshold: Option<u32>,
-    pub half_open_max_requests: Option<u32>,
-    pub half_open_probe_timeout: Option<u64>,
-    pub failure_reset_timeout: Option<u64>,
-    pub max_concurrent_requests: Option<u32>,
-    pub failure_status_codes: Option<StatusSet>,
-    pub ignored_status_codes: Option<StatusSet>,
-    pub failure_grpc_status: Option<GrpcSet>,
-    pub count_connect_failures: Option<bool>,
-}
-
-/// Field names of the section, in documentation order.
-pub const FIELDS: &[&str] = &[
-    "enabled",
-    "failure_threshold",
-    "recovery_timeout",
-    "recovery_backoff",
-    "max_recovery_timeout",
-    "half_open_success_threshold",
-    "half_open_max_requests",
-    "half_open_probe_timeout",
-    "failure_reset_timeout",
-    "max_concurrent_requests",
-    "failure_status_codes",
-    "ignored_status_codes",
-    "failure_grpc_status",
-    "count_connect_failures",
-];
-
-/// Fields whose value is a list (an environment variable gives them comma-separated).
-pub const LIST_FIELDS: &[&str] = &[
-    "failure_status_codes",
-    "ignored_status_codes",
-    "failure_grpc_status",
-];
-
-impl BreakerPatch {
-    /// Reads one field; `path` is what an error names (a JSON path or a variable name).
-    pub fn set(&mut self, key: &str, value: &Value, path: &str) -> Result<(), ConfigError> {
-        match key {
-            "enabled" => self.enabled = Some(boolean(value, path)?),
-            "failure_threshold" => {
-                self.failure_threshold = Some(integer_u32(value, path, 1, u32::MAX)?)
-            }
-            "recovery_timeout" => self.recovery_timeout = Some(duration_nanos(value, path, false)?),
-            "recovery_backoff" => self.recovery_backoff = Some(recovery_backoff(value, path)?),
-            "max_recovery_timeout" => {
-                self.max_recovery_timeout = Some(duration_nanos(value, path, false)?)
-            }
-            "half_open_success_threshold" => {
-                self.half_open_success_threshold = Some(integer_u32(value, path, 1, u32::MAX)?)
-            }
-            "half_open_max_requests" => {
-                self.half_open_max_requests =
-                    Some(integer_u32(value, path, 1, MAX_HALF_OPEN_REQUESTS)?)
-            }
-            "half_open_probe_timeout" => {
-                self.half_open_probe_timeout = Some(duration_nanos(value, path, false)?)
-            }
-            "failure_reset_timeout" => {
-                self.failure_reset_timeout = Some(duration_nanos(value, path, false)?)
-            }
-            "max_concurrent_requests" => {
-                self.max_concurrent_requests = Some(integer_u32(value, path, 0, u32::MAX)?)
-            }
-            "failure_status_codes" => {
-                self.failure_status_codes = Some(StatusSet::parse(value, path)?)
-            }
-            "ignored_status_codes" => {
-                self.ignored_status_codes = Some(StatusSet::parse(value, path)?)
-            }
-            "failure_grpc_status" => self.failure_grpc_status = Some(GrpcSet::parse(value, path)?),
-            "count_connect_failures" => self.count_connect_failures = Some(boolean(value, path)?),
-            _ => return Err(unknown_field(path, FIELDS)),
-        }
-        Ok(())
-    }
-
-    /// Lays this patch over `policy`: fields it sets win, the rest stay.
-    pub fn apply(&self, policy: &mut BreakerPolicy) {
-        fn take<T: Clone>(target: &mut T, value: &Option<T>) {
-            if let Some(value) = value {
-                *target = value.clone();
-            }
-        }
-        take(&mut policy.enabled, &self.enabled);
-        take(&mut policy.failure_threshold, &self.failure_threshold);
-        take(&mut policy.recovery_timeout, &self.recovery_timeout);
-        take(&mut policy.recovery_backoff, &self.recovery_backoff);
-        take(&mut policy.max_recovery_timeout, &self.max_recovery_timeout);
-        take(
-            &mut policy.half_open_success_threshold,
-            &self.half_open_success_threshold,
-        );
-        take(
-            &mut policy.half_open_max_requests,
-            &self.half_open_max_requests,
-        );
-        take(
-            &mut policy.half_open_probe_timeout,
-            &self.half_open_probe_timeout,
-        );
-        take(
-            &mut policy.failure_reset_timeout,
-            &self.failure_reset_timeout,
-        );
-        take(
-            &mut policy.max_concurrent_requests,
-            &self.max_concurrent_requests,
-        );
-        take(&mut policy.failure_status_codes, &self.failure_status_codes);
-        take(&mut policy.ignored_status_codes, &self.ignored_status_codes);
-        take(&mut policy.failure_grpc_status, &self.failure_grpc_status);
-        take(
-            &mut policy.count_connect_failures,
-            &self.count_connect_failures,
-        );
+section! {
+    /// One layer's partial `circuit_breaker` section: only the fields that layer sets.
+    pub struct BreakerPatch for BreakerPolicy {
+        enabled: value(bool, enabled, boolean, plain),
+        failure_threshold: value(u32, failure_threshold, u32_in(1, u32::MAX), plain),
+        recovery_timeout: value(u64, recovery_timeout, duration, seconds),
+        recovery_backoff: value(Strategy, recovery_backoff, recovery_backoff, strategy_name),
+        max_recovery_timeout: value(u64, max_recovery_timeout, duration, seconds),
+        half_open_success_threshold:
+            value(u32, half_open_success_threshold, u32_in(1, u32::MAX), plain),
+        half_open_max_requests:
+            value(u32, half_open_max_requests, u32_in(1, MAX_HALF_OPEN_REQUESTS), plain),
+        half_open_probe_timeout: value(u64, half_open_probe_timeout, duration, seconds),
+        failure_reset_timeout: value(u64, failure_reset_timeout, duration, seconds),
+        max_concurrent_requests: value(u32, max_concurrent_requests, u32_in(0, u32::MAX), plain),
+        failure_status_codes:
+            list(StatusSet, failure_status_codes, StatusSet::parse, StatusSet::to_json),
+        ignored_status_codes:
+            list(StatusSet, ignored_status_codes, StatusSet::parse, StatusSet::to_json),
+        failure_grpc_status:
+            list(GrpcSet, failure_grpc_status, GrpcSet::parse, |s: &GrpcSet| s.to_json()),
+        count_connect_failures: value(bool, count_connect_failures, boolean, plain),
     }
 }
 

@@ -1,11 +1,10 @@
 //! The `failure_injection` section, resolved and as each configuration layer gives it.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::codes::grpc_code;
-use super::json::{
-    boolean, duration_nanos, expected, integer_u32, join, object, string, unknown_field,
-};
+use super::json::{boolean, expected, integer_u32, join, object, string};
+use super::section::{duration, duration_or_zero, plain, seconds, section, u32_in, Section};
 use super::ConfigError;
 use crate::fault::{AbortPolicy, DelayPolicy, FaultPolicy, HeaderTrigger, MethodRates};
 use crate::NANOS_PER_SEC;
@@ -37,35 +36,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "grpc-timeout",
 ];
 
-pub const FIELDS: &[&str] = &[
-    "enabled",
-    "base_failure_rate",
-    "method_specific_rates",
-    "abort",
-    "delay",
-    "max_active_faults",
-    "header_trigger",
-];
-/// The fields as `MARTY_RESILIENCE_FAILURE_INJECTION_<FIELD>` names them (nested ones flattened).
-pub const ENV_FIELDS: &[&str] = &[
-    "enabled",
-    "base_failure_rate",
-    "method_specific_rates",
-    "max_active_faults",
-    "abort_http_status",
-    "abort_grpc_status",
-    "delay_duration",
-    "delay_rate",
-    "delay_max",
-    "header_trigger_enabled",
-    "header_trigger_header",
-    "header_trigger_token",
-    "header_trigger_propagate",
-];
-const ABORT_FIELDS: &[&str] = &["http_status", "grpc_status"];
-const DELAY_FIELDS: &[&str] = &["duration", "rate", "max"];
-const HEADER_FIELDS: &[&str] = &["enabled", "header", "token", "propagate"];
-
 /// The defaults every preset shares: off, and when switched on, Marty's 5 % of 503s.
 pub fn default_policy() -> FaultPolicy {
     FaultPolicy {
@@ -92,23 +62,56 @@ pub fn default_policy() -> FaultPolicy {
     }
 }
 
-/// One layer's partial section.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FaultPatch {
-    pub enabled: Option<bool>,
-    pub base_failure_rate: Option<f64>,
-    pub method_specific_rates: Option<MethodRates>,
-    pub abort_http_status: Option<u16>,
-    pub abort_grpc_status: Option<u32>,
-    pub delay_duration: Option<u64>,
-    pub delay_rate: Option<f64>,
-    pub delay_max: Option<u64>,
-    pub max_active_faults: Option<u32>,
-    pub header_enabled: Option<bool>,
-    pub header_name: Option<String>,
-    /// `Some(None)`: the layer explicitly sets `token: null`.
-    pub header_token: Option<Option<String>>,
-    pub header_propagate: Option<bool>,
+section! {
+    /// One layer's partial `failure_injection` section: only the fields that layer sets.
+    pub struct FaultPatch for FaultPolicy {
+        @before_apply configured_injection_is_not_the_switch;
+        @variables objects_last;
+        enabled: value(bool, enabled, boolean, plain),
+        base_failure_rate: value(f64, base_failure_rate, rate, plain),
+        method_specific_rates:
+            value(MethodRates, method_specific_rates, method_rates, method_rates_json),
+        abort: object(AbortPatch),
+        delay: object(DelayPatch),
+        max_active_faults: value(u32, max_active_faults, u32_in(0, u32::MAX), plain),
+        header_trigger: object(HeaderTriggerPatch),
+    }
+}
+
+section! {
+    /// One layer's partial `failure_injection.abort`.
+    pub struct AbortPatch for FaultPolicy {
+        http_status: value(u16, abort.http_status, http_status, plain),
+        grpc_status: value(u32, abort.grpc_status, grpc_status, grpc_status_name),
+    }
+}
+
+section! {
+    /// One layer's partial `failure_injection.delay`.
+    pub struct DelayPatch for FaultPolicy {
+        duration: value(u64, delay.duration, duration_or_zero, seconds),
+        rate: value(f64, delay.rate, rate, plain),
+        max: value(u64, delay.max, duration, seconds),
+    }
+}
+
+section! {
+    /// One layer's partial `failure_injection.header_trigger`.
+    pub struct HeaderTriggerPatch for FaultPolicy {
+        enabled: value(bool, header_trigger.enabled, boolean, plain),
+        header: text(String, header_trigger.header, trigger_header, plain),
+        // `token: null` unsets a token a lower layer set.
+        token: text(Option<String>, header_trigger.token, token, redacted),
+        propagate: value(bool, header_trigger.propagate, boolean, plain),
+    }
+}
+
+/// A layer that turns injection on itself takes it over from the `MARTY_FAILURE_INJECTION`
+/// switch: its faults are not reported as the switch's.
+fn configured_injection_is_not_the_switch(patch: &FaultPatch, policy: &mut FaultPolicy) {
+    if patch.enabled == Some(true) {
+        policy.enabled_by_env = false;
+    }
 }
 
 /// A probability: a number, or a decimal string (`"0.25"`), since Envoy's YAML loader turns
@@ -124,154 +127,85 @@ fn rate(value: &Value, path: &str) -> Result<f64, ConfigError> {
         .ok_or_else(|| expected(path, "a rate between 0 and 1", value))
 }
 
-fn sub<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ConfigError> {
-    object(value, path)
+fn http_status(value: &Value, path: &str) -> Result<u16, ConfigError> {
+    let status = integer_u32(value, path, 200, 599)?;
+    u16::try_from(status).map_err(|_| expected(path, "a 16-bit integer", value))
 }
 
-impl FaultPatch {
-    /// Reads one field of the section; nested objects (`abort`, `delay`, `header_trigger`)
-    /// are read field by field, so a layer may set `abort.http_status` alone.
-    pub fn set(&mut self, key: &str, value: &Value, path: &str) -> Result<(), ConfigError> {
-        match key {
-            "enabled" => self.enabled = Some(boolean(value, path)?),
-            "base_failure_rate" => self.base_failure_rate = Some(rate(value, path)?),
-            "method_specific_rates" => {
-                self.method_specific_rates = Some(method_rates(value, path)?)
-            }
-            "max_active_faults" => {
-                self.max_active_faults = Some(integer_u32(value, path, 0, u32::MAX)?)
-            }
-            "abort" => {
-                for (field, v) in sub(value, path)? {
-                    self.set_abort(field, v, &join(path, field))?;
-                }
-            }
-            "delay" => {
-                for (field, v) in sub(value, path)? {
-                    self.set_delay(field, v, &join(path, field))?;
-                }
-            }
-            "header_trigger" => {
-                for (field, v) in sub(value, path)? {
-                    self.set_header(field, v, &join(path, field))?;
-                }
-            }
-            _ => return Err(unknown_field(path, FIELDS)),
-        }
-        Ok(())
-    }
+fn grpc_status(value: &Value, path: &str) -> Result<u32, ConfigError> {
+    let code = match value {
+        Value::String(s) => grpc_code(s),
+        Value::Number(_) => super::json::integer(value, path, 0, 16)
+            .ok()
+            .and_then(|n| u32::try_from(n).ok()),
+        _ => None,
+    };
+    code.ok_or_else(|| {
+        expected(
+            path,
+            "a gRPC status name (e.g. \"UNAVAILABLE\") or number 0-16",
+            value,
+        )
+    })
+}
 
-    pub fn set_abort(&mut self, key: &str, value: &Value, path: &str) -> Result<(), ConfigError> {
-        match key {
-            "http_status" => {
-                let status = integer_u32(value, path, 200, 599)?;
-                self.abort_http_status = u16::try_from(status).ok();
-            }
-            "grpc_status" => {
-                let code = match value {
-                    Value::String(s) => grpc_code(s),
-                    Value::Number(_) => super::json::integer(value, path, 0, 16)
-                        .ok()
-                        .map(|n| n as u32),
-                    _ => None,
-                };
-                self.abort_grpc_status = Some(code.ok_or_else(|| {
-                    expected(
-                        path,
-                        "a gRPC status name (e.g. \"UNAVAILABLE\") or number 0-16",
-                        value,
-                    )
-                })?);
-            }
-            _ => return Err(unknown_field(path, ABORT_FIELDS)),
-        }
-        Ok(())
-    }
+fn grpc_status_name(code: &u32) -> Value {
+    let name = usize::try_from(*code)
+        .ok()
+        .and_then(|i| super::codes::GRPC_STATUS_NAMES.get(i));
+    Value::from(name.copied().unwrap_or("UNKNOWN"))
+}
 
-    pub fn set_delay(&mut self, key: &str, value: &Value, path: &str) -> Result<(), ConfigError> {
-        match key {
-            "duration" => self.delay_duration = Some(duration_nanos(value, path, true)?),
-            "rate" => self.delay_rate = Some(rate(value, path)?),
-            "max" => self.delay_max = Some(duration_nanos(value, path, false)?),
-            _ => return Err(unknown_field(path, DELAY_FIELDS)),
-        }
-        Ok(())
+fn trigger_header(value: &Value, path: &str) -> Result<String, ConfigError> {
+    let name = string(value, path)?.to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(expected(
+            path,
+            "a header name of letters, digits, '-' and '_' (at most 64)",
+            value,
+        ));
     }
+    // The trigger header is removed from requests: it must not be one that means something
+    // else.
+    if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("x-envoy-") {
+        return Err(expected(
+            path,
+            "a header of its own (not the token header, an x-envoy-* header, or a standard request header)",
+            value,
+        ));
+    }
+    Ok(name)
+}
 
-    pub fn set_header(&mut self, key: &str, value: &Value, path: &str) -> Result<(), ConfigError> {
-        match key {
-            "enabled" => self.header_enabled = Some(boolean(value, path)?),
-            "propagate" => self.header_propagate = Some(boolean(value, path)?),
-            "header" => {
-                let name = string(value, path)?.to_ascii_lowercase();
-                let valid = !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !valid {
-                    return Err(expected(
-                        path,
-                        "a header name of letters, digits, '-' and '_' (at most 64)",
-                        value,
-                    ));
-                }
-                // The trigger header is removed from requests: it must not be one that means
-                // something else.
-                if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("x-envoy-") {
-                    return Err(expected(
-                        path,
-                        "a header of its own (not the token header, an x-envoy-* header, or a standard request header)",
-                        value,
-                    ));
-                }
-                self.header_name = Some(name);
-            }
-            "token" => {
-                self.header_token = Some(match value {
-                    Value::Null => None,
-                    Value::String(s) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
-                    _ => {
-                        return Err(expected(
-                            path,
-                            "null or a non-empty string of at most 256 bytes",
-                            value,
-                        ))
-                    }
-                })
-            }
-            _ => return Err(unknown_field(path, HEADER_FIELDS)),
-        }
-        Ok(())
+fn token(value: &Value, path: &str) -> Result<Option<String>, ConfigError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if !s.is_empty() && s.len() <= 256 => Ok(Some(s.clone())),
+        _ => Err(expected(
+            path,
+            "null or a non-empty string of at most 256 bytes",
+            value,
+        )),
     }
+}
 
-    pub fn apply(&self, policy: &mut FaultPolicy) {
-        fn take<T: Clone>(target: &mut T, value: &Option<T>) {
-            if let Some(value) = value {
-                *target = value.clone();
-            }
-        }
-        if self.enabled == Some(true) {
-            // Configuration itself turns injection on here: faults are not the env switch's.
-            policy.enabled_by_env = false;
-        }
-        take(&mut policy.enabled, &self.enabled);
-        take(&mut policy.base_failure_rate, &self.base_failure_rate);
-        take(
-            &mut policy.method_specific_rates,
-            &self.method_specific_rates,
-        );
-        take(&mut policy.abort.http_status, &self.abort_http_status);
-        take(&mut policy.abort.grpc_status, &self.abort_grpc_status);
-        take(&mut policy.delay.duration, &self.delay_duration);
-        take(&mut policy.delay.rate, &self.delay_rate);
-        take(&mut policy.delay.max, &self.delay_max);
-        take(&mut policy.max_active_faults, &self.max_active_faults);
-        take(&mut policy.header_trigger.enabled, &self.header_enabled);
-        take(&mut policy.header_trigger.header, &self.header_name);
-        take(&mut policy.header_trigger.token, &self.header_token);
-        take(&mut policy.header_trigger.propagate, &self.header_propagate);
-    }
+/// Reports say whether a token is set, never what it is.
+fn redacted(token: &Option<String>) -> Value {
+    Value::from(token.as_ref().map(|_| "(set)"))
+}
+
+fn method_rates_json(rates: &MethodRates) -> Value {
+    let rates: Map<String, Value> = rates
+        .entries()
+        .into_iter()
+        .map(|(k, r)| (k, Value::from(r)))
+        .collect();
+    Value::Object(rates)
 }
 
 fn method_rates(value: &Value, path: &str) -> Result<MethodRates, ConfigError> {
@@ -315,35 +249,5 @@ pub fn validate(policy: &FaultPolicy, path: &str) -> Result<(), ConfigError> {
 
 /// The resolved section, as configuration would write it (reports, docs tests).
 pub fn to_json(policy: &FaultPolicy) -> Value {
-    let secs = |n: u64| n as f64 / NANOS_PER_SEC as f64;
-    let rates: Map<String, Value> = policy
-        .method_specific_rates
-        .entries()
-        .into_iter()
-        .map(|(k, r)| (k, Value::from(r)))
-        .collect();
-    json!({
-        "enabled": policy.enabled,
-        "base_failure_rate": policy.base_failure_rate,
-        "method_specific_rates": rates,
-        "abort": {
-            "http_status": policy.abort.http_status,
-            "grpc_status": super::codes::GRPC_STATUS_NAMES
-                .get(policy.abort.grpc_status as usize)
-                .copied()
-                .unwrap_or("UNKNOWN"),
-        },
-        "delay": {
-            "duration": secs(policy.delay.duration),
-            "rate": policy.delay.rate,
-            "max": secs(policy.delay.max),
-        },
-        "max_active_faults": policy.max_active_faults,
-        "header_trigger": {
-            "enabled": policy.header_trigger.enabled,
-            "header": policy.header_trigger.header,
-            "token": policy.header_trigger.token.as_ref().map(|_| "(set)"),
-            "propagate": policy.header_trigger.propagate,
-        },
-    })
+    FaultPatch::to_json(policy)
 }

@@ -5,6 +5,10 @@
 //! the environment variables, the plugin JSON's `routes.<name>` entry, and the route's own Envoy
 //! metadata (`filter_metadata["marty.resilience"]`). Each layer overrides field by field.
 //! Everything is validated at load; an error names the field path and what was expected.
+//!
+//! Each section (`circuit_breaker`, `retry`, `failure_injection`, `health`) is declared once, as
+//! a table with one row per field (`section!`, in `section.rs`): adding a field is one row, the
+//! policy field it sets, and its docs (the docs and schema tests say when those are missing).
 
 mod breaker;
 pub mod codes;
@@ -12,6 +16,7 @@ mod fault;
 mod json;
 mod presets;
 pub mod retry;
+mod section;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,12 +27,14 @@ pub use breaker::{BreakerPatch, BreakerPolicy, MAX_HALF_OPEN_REQUESTS, RECOVERY_
 pub use codes::{GrpcSet, StatusSet};
 pub use fault::{FaultPatch, MAX_METHOD_RATES};
 pub use retry::RetryPatch;
+pub use section::Section;
 
 use crate::fault::FaultPolicy;
 use crate::health::Cidr;
 pub use presets::Environment;
 
 use json::{err, expected, join, object, string, unknown_field};
+use section::{plain, section, EnvKind};
 
 /// A configuration rejected at load, naming where and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,21 +121,9 @@ impl RoutePatch {
         for (key, value) in map {
             let path = join(prefix, key);
             match key.as_str() {
-                "circuit_breaker" => {
-                    for (field, v) in object(value, &path)? {
-                        patch.circuit_breaker.set(field, v, &join(&path, field))?;
-                    }
-                }
-                "failure_injection" => {
-                    for (field, v) in object(value, &path)? {
-                        patch.failure_injection.set(field, v, &join(&path, field))?;
-                    }
-                }
-                "retry" => {
-                    for (field, v) in object(value, &path)? {
-                        patch.retry.set(field, v, &join(&path, field))?;
-                    }
-                }
+                "circuit_breaker" => patch.circuit_breaker.set_object(value, &path)?,
+                "failure_injection" => patch.failure_injection.set_object(value, &path)?,
+                "retry" => patch.retry.set_object(value, &path)?,
                 other if skip.contains(&other) => {}
                 _ => return Err(unknown_field(&path, allowed)),
             }
@@ -201,36 +196,22 @@ impl Default for HealthSettings {
     }
 }
 
-const HEALTH_FIELDS: &[&str] = &["enabled", "path", "report_path", "allowed_sources"];
+section! {
+    /// The `health` section as the plugin JSON gives it (it has no variables).
+    pub struct HealthPatch for HealthSettings {
+        enabled: value(bool, enabled, json::boolean, plain),
+        path: value(String, path, endpoint_path, plain),
+        report_path: value(String, report_path, endpoint_path, plain),
+        allowed_sources: list(Vec<Cidr>, allowed_sources, cidrs, cidrs_json),
+    }
+}
 
 impl HealthSettings {
     fn parse(value: &Value) -> Result<Self, ConfigError> {
+        let mut patch = HealthPatch::default();
+        patch.set_object(value, "health")?;
         let mut health = Self::default();
-        for (key, v) in object(value, "health")? {
-            let path = join("health", key);
-            match key.as_str() {
-                "enabled" => health.enabled = json::boolean(v, &path)?,
-                "path" => health.path = endpoint_path(v, &path)?,
-                "report_path" => health.report_path = endpoint_path(v, &path)?,
-                "allowed_sources" => {
-                    let items = json::array(v, &path, "CIDR ranges")?;
-                    health.allowed_sources = items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, item)| {
-                            item.as_str().and_then(Cidr::parse).ok_or_else(|| {
-                                expected(
-                                    &format!("{path}[{i}]"),
-                                    "a CIDR range such as \"10.0.0.0/8\" or \"::1/128\"",
-                                    item,
-                                )
-                            })
-                        })
-                        .collect::<Result<_, _>>()?;
-                }
-                _ => return Err(unknown_field(&path, HEALTH_FIELDS)),
-            }
-        }
+        patch.apply(&mut health);
         if health.path == health.report_path {
             return Err(err(
                 "health.report_path",
@@ -239,6 +220,31 @@ impl HealthSettings {
         }
         Ok(health)
     }
+
+    /// The settings as configuration would write them.
+    pub fn to_json(&self) -> Value {
+        HealthPatch::to_json(self)
+    }
+}
+
+fn cidrs(value: &Value, path: &str) -> Result<Vec<Cidr>, ConfigError> {
+    json::array(value, path, "CIDR ranges")?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str().and_then(Cidr::parse).ok_or_else(|| {
+                expected(
+                    &format!("{path}[{i}]"),
+                    "a CIDR range such as \"10.0.0.0/8\" or \"::1/128\"",
+                    item,
+                )
+            })
+        })
+        .collect()
+}
+
+fn cidrs_json(cidrs: &[Cidr]) -> Value {
+    Value::from(cidrs.iter().map(ToString::to_string).collect::<Vec<_>>())
 }
 
 fn endpoint_path(value: &Value, path: &str) -> Result<String, ConfigError> {
@@ -422,13 +428,6 @@ struct EnvOverlay {
 
 const ENV_PREFIX: &str = "MARTY_RESILIENCE_";
 
-/// Nested `failure_injection` objects, as variable-name prefixes.
-const FAULT_NESTED: &[(&str, &str)] = &[
-    ("ABORT_", "abort"),
-    ("DELAY_", "delay"),
-    ("HEADER_TRIGGER_", "header_trigger"),
-];
-
 impl EnvOverlay {
     fn parse(env: &[(String, String)]) -> Result<Self, ConfigError> {
         let mut overlay = Self::default();
@@ -461,7 +460,7 @@ impl EnvOverlay {
                     }
                     overlay.patch.failure_injection.set(
                         "base_failure_rate",
-                        &env_value(raw),
+                        &section::env_value(EnvKind::Value, raw),
                         name,
                     )?;
                     continue;
@@ -496,58 +495,25 @@ impl EnvOverlay {
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         if upper {
+            let patch = &mut self.patch;
             if let Some(field) = rest.strip_prefix("CIRCUIT_BREAKER_") {
-                let field = field.to_ascii_lowercase();
-                if !breaker::FIELDS.contains(&field.as_str()) {
-                    return Err(unknown_variable(name, "CIRCUIT_BREAKER", breaker::FIELDS));
-                }
-                let value = if breaker::LIST_FIELDS.contains(&field.as_str()) {
-                    env_list(raw)
-                } else {
-                    env_value(raw)
-                };
-                return self.patch.circuit_breaker.set(&field, &value, name);
+                return set_variable(
+                    &mut patch.circuit_breaker,
+                    "CIRCUIT_BREAKER",
+                    field,
+                    raw,
+                    name,
+                );
             } else if let Some(field) = rest.strip_prefix("RETRY_") {
-                let field = field.to_ascii_lowercase();
-                if !retry::ENV_FIELDS.contains(&field.as_str()) {
-                    return Err(unknown_variable(name, "RETRY", retry::ENV_FIELDS));
-                }
-                let value = if retry::LIST_FIELDS.contains(&field.as_str()) {
-                    env_list(raw)
-                } else {
-                    env_value(raw)
-                };
-                let retry = &mut self.patch.retry;
-                return match field.strip_prefix("budget_") {
-                    Some(inner) => retry.set_budget(inner, &value, name),
-                    None => retry.set(&field, &value, name),
-                };
+                return set_variable(&mut patch.retry, "RETRY", field, raw, name);
             } else if let Some(field) = rest.strip_prefix("FAILURE_INJECTION_") {
-                if !fault::ENV_FIELDS.contains(&field.to_ascii_lowercase().as_str()) {
-                    return Err(unknown_variable(
-                        name,
-                        "FAILURE_INJECTION",
-                        fault::ENV_FIELDS,
-                    ));
-                }
-                let fault = &mut self.patch.failure_injection;
-                for (prefix, object) in FAULT_NESTED {
-                    if let Some(inner) = field.strip_prefix(prefix) {
-                        let inner = inner.to_ascii_lowercase();
-                        // Names and tokens are text even when they look like numbers.
-                        let value = if matches!(inner.as_str(), "header" | "token") {
-                            Value::from(raw)
-                        } else {
-                            env_value(raw)
-                        };
-                        return match *object {
-                            "abort" => fault.set_abort(&inner, &value, name),
-                            "delay" => fault.set_delay(&inner, &value, name),
-                            _ => fault.set_header(&inner, &value, name),
-                        };
-                    }
-                }
-                return fault.set(&field.to_ascii_lowercase(), &env_value(raw), name);
+                return set_variable(
+                    &mut patch.failure_injection,
+                    "FAILURE_INJECTION",
+                    field,
+                    raw,
+                    name,
+                );
             }
         }
         Err(err(
@@ -560,34 +526,34 @@ impl EnvOverlay {
     }
 }
 
-fn unknown_variable(name: &str, section: &str, fields: &[&str]) -> ConfigError {
-    let names: Vec<String> = fields
-        .iter()
-        .map(|f| format!("{ENV_PREFIX}{section}_{}", f.to_ascii_uppercase()))
-        .collect();
-    err(
-        name,
-        format!("unknown variable, expected one of: {}", names.join(", ")),
-    )
-}
-
-/// An environment value as JSON when it is JSON (`5`, `true`, `[503]`), else as a string.
-fn env_value(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::from(raw))
-}
-
-/// A list variable: a JSON array, or items separated by commas (`5xx,429`).
-fn env_list(raw: &str) -> Value {
-    match serde_json::from_str::<Value>(raw) {
-        Ok(v @ Value::Array(_)) => v,
-        _ => Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(env_value)
-                .collect(),
-        ),
+/// Sets the field `field` (upper case, nested objects flattened: `BUDGET_WINDOW`) of the
+/// section whose variables are `MARTY_RESILIENCE_<family>_<FIELD>`.
+fn set_variable<S: Section>(
+    section: &mut S,
+    family: &str,
+    field: &str,
+    raw: &str,
+    name: &str,
+) -> Result<(), ConfigError> {
+    let field = field.to_ascii_lowercase();
+    let mut fields = Vec::new();
+    S::env_fields(&mut fields, "");
+    let unknown = || {
+        let names: Vec<String> = fields
+            .iter()
+            .map(|f| format!("{ENV_PREFIX}{family}_{}", f.to_ascii_uppercase()))
+            .collect();
+        err(
+            name,
+            format!("unknown variable, expected one of: {}", names.join(", ")),
+        )
+    };
+    if !fields.contains(&field) {
+        return Err(unknown());
     }
+    section
+        .set_env(&field, raw, name)
+        .unwrap_or_else(|| Err(unknown()))
 }
 
 impl Environment {

@@ -1,11 +1,11 @@
 //! The `retry` section: the retry policy a route asks Envoy's router for, through its own
 //! retry headers, and the budget and backoff that bound it.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::json::{
-    array, boolean, duration_nanos, err, expected, integer, integer_u32, join, object,
-    unknown_field,
+use super::json::{array, boolean, err, expected, integer, join};
+use super::section::{
+    duration, duration_or_zero, plain, seconds, section, strategy_name, u32_in, Section,
 };
 use super::ConfigError;
 use crate::retry::backoff::{Backoff, Strategy};
@@ -124,186 +124,78 @@ pub const MAX_BUDGET_RATIO: f64 = 10.0;
 /// Longest `budget.window` accepted: counts older than this say little about the route now.
 pub const MAX_BUDGET_WINDOW_NS: u64 = 300 * NANOS_PER_SEC;
 
-/// Field names of the section, in documentation order.
-pub const FIELDS: &[&str] = &[
-    "enabled",
-    "max_attempts",
-    "retry_on",
-    "grpc_retry_on",
-    "retriable_status_codes",
-    "per_try_timeout",
-    "base_delay",
-    "max_delay",
-    "backoff_strategy",
-    "multiplier",
-    "polynomial_degree",
-    "jitter",
-    "budget",
-    "trust_client_headers",
-    "count_attempts",
-];
-/// The fields as `MARTY_RESILIENCE_RETRY_<FIELD>` names them (`budget` flattened).
-pub const ENV_FIELDS: &[&str] = &[
-    "enabled",
-    "max_attempts",
-    "retry_on",
-    "grpc_retry_on",
-    "retriable_status_codes",
-    "per_try_timeout",
-    "base_delay",
-    "max_delay",
-    "backoff_strategy",
-    "multiplier",
-    "polynomial_degree",
-    "jitter",
-    "budget_ratio",
-    "budget_min_retries_per_second",
-    "budget_window",
-    "trust_client_headers",
-    "count_attempts",
-];
-/// Fields whose value is a list (an environment variable gives them comma-separated).
-pub const LIST_FIELDS: &[&str] = &["retry_on", "grpc_retry_on", "retriable_status_codes"];
-const BUDGET_FIELDS: &[&str] = &["ratio", "min_retries_per_second", "window"];
-
-/// One layer's partial `retry` section: only the fields that layer sets (`budget` field by
-/// field).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RetryPatch {
-    pub enabled: Option<bool>,
-    pub max_attempts: Option<u32>,
-    pub retry_on: Option<Vec<String>>,
-    pub grpc_retry_on: Option<Vec<String>>,
-    pub retriable_status_codes: Option<Vec<u16>>,
-    pub per_try_timeout: Option<u64>,
-    pub base_delay: Option<u64>,
-    pub max_delay: Option<u64>,
-    pub backoff_strategy: Option<Strategy>,
-    pub multiplier: Option<f64>,
-    pub polynomial_degree: Option<u32>,
-    pub jitter: Option<f64>,
-    pub budget_ratio: Option<f64>,
-    pub budget_min_retries_per_second: Option<u32>,
-    pub budget_window: Option<u64>,
-    pub trust_client_headers: Option<bool>,
-    pub count_attempts: Option<bool>,
+section! {
+    /// One layer's partial `retry` section: only the fields that layer sets.
+    pub struct RetryPatch for RetryPolicy {
+        enabled: value(bool, enabled, boolean, plain),
+        max_attempts: value(u32, max_attempts, u32_in(1, MAX_ATTEMPTS), plain),
+        retry_on: list(Vec<String>, retry_on, retry_on, plain),
+        grpc_retry_on: list(Vec<String>, grpc_retry_on, grpc_retry_on, plain),
+        retriable_status_codes: list(Vec<u16>, retriable_status_codes, status_codes, plain),
+        per_try_timeout: value(u64, per_try_timeout, duration_or_zero, seconds),
+        base_delay: value(u64, backoff.base_delay, duration, seconds),
+        max_delay: value(u64, backoff.max_delay, duration, seconds),
+        backoff_strategy: value(Strategy, backoff.strategy, backoff_strategy, strategy_name),
+        multiplier: value(f64, backoff.multiplier, number_in(1.0, MAX_MULTIPLIER), plain),
+        polynomial_degree:
+            value(u32, backoff.polynomial_degree, u32_in(1, MAX_POLYNOMIAL_DEGREE), plain),
+        jitter: value(f64, backoff.jitter, number_in(0.0, 1.0), plain),
+        budget: object(BudgetPatch),
+        trust_client_headers: value(bool, trust_client_headers, boolean, plain),
+        count_attempts: value(bool, count_attempts, boolean, plain),
+    }
 }
 
-impl RetryPatch {
-    /// Reads one field; `path` is what an error names (a JSON path or a variable name).
-    pub fn set(&mut self, key: &str, value: &Value, path: &str) -> Result<(), ConfigError> {
-        match key {
-            "enabled" => self.enabled = Some(boolean(value, path)?),
-            "max_attempts" => self.max_attempts = Some(integer_u32(value, path, 1, MAX_ATTEMPTS)?),
-            "retry_on" => {
-                self.retry_on = Some(conditions(
-                    value,
-                    path,
-                    RETRY_ON_CONDITIONS,
-                    "Envoy retry_on conditions",
-                    "an Envoy retry_on condition",
-                )?)
-            }
-            "grpc_retry_on" => {
-                self.grpc_retry_on = Some(conditions(
-                    value,
-                    path,
-                    GRPC_RETRY_ON_CONDITIONS,
-                    "Envoy gRPC retry conditions",
-                    "an Envoy gRPC retry condition",
-                )?)
-            }
-            "retriable_status_codes" => {
-                self.retriable_status_codes = Some(status_codes(value, path)?)
-            }
-            "per_try_timeout" => self.per_try_timeout = Some(duration_nanos(value, path, true)?),
-            "base_delay" => self.base_delay = Some(duration_nanos(value, path, false)?),
-            "max_delay" => self.max_delay = Some(duration_nanos(value, path, false)?),
-            "backoff_strategy" => {
-                self.backoff_strategy = Some(value.as_str().and_then(Strategy::parse).ok_or_else(
-                    || {
-                        expected(
-                            path,
-                            "one of \"fixed\", \"linear\", \"exponential\", \"exponential_jitter\", \"fibonacci\", \"polynomial\", \"adaptive\"",
-                            value,
-                        )
-                    },
-                )?)
-            }
-            "multiplier" => self.multiplier = Some(number(value, path, 1.0, MAX_MULTIPLIER)?),
-            "polynomial_degree" => {
-                self.polynomial_degree = Some(integer_u32(value, path, 1, MAX_POLYNOMIAL_DEGREE)?)
-            }
-            "jitter" => self.jitter = Some(number(value, path, 0.0, 1.0)?),
-            "budget" => {
-                for (field, v) in object(value, path)? {
-                    self.set_budget(field, v, &join(path, field))?;
-                }
-            }
-            "trust_client_headers" => self.trust_client_headers = Some(boolean(value, path)?),
-            "count_attempts" => self.count_attempts = Some(boolean(value, path)?),
-            _ => return Err(unknown_field(path, FIELDS)),
-        }
-        Ok(())
+section! {
+    /// One layer's partial `retry.budget`.
+    pub struct BudgetPatch for RetryPolicy {
+        ratio: value(f64, budget.ratio, number_in(0.0, MAX_BUDGET_RATIO), plain),
+        min_retries_per_second:
+            value(u32, budget.min_retries_per_second, u32_in(0, u32::MAX), plain),
+        window: value(u64, budget.window_ns, budget_window, seconds),
     }
+}
 
-    /// Reads one field of `budget`.
-    pub fn set_budget(&mut self, key: &str, value: &Value, path: &str) -> Result<(), ConfigError> {
-        match key {
-            "ratio" => self.budget_ratio = Some(number(value, path, 0.0, MAX_BUDGET_RATIO)?),
-            "min_retries_per_second" => {
-                self.budget_min_retries_per_second = Some(integer_u32(value, path, 0, u32::MAX)?)
-            }
-            "window" => {
-                let window = duration_nanos(value, path, false)?;
-                if window > MAX_BUDGET_WINDOW_NS {
-                    return Err(expected(
-                        path,
-                        "a duration > 0 and at most 300 s (seconds as a number, or a string like \"10s\" or \"5m\")",
-                        value,
-                    ));
-                }
-                self.budget_window = Some(window);
-            }
-            _ => return Err(unknown_field(path, BUDGET_FIELDS)),
-        }
-        Ok(())
-    }
+fn retry_on(value: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
+    conditions(
+        value,
+        path,
+        RETRY_ON_CONDITIONS,
+        "Envoy retry_on conditions",
+        "an Envoy retry_on condition",
+    )
+}
 
-    /// Lays this patch over `policy`: fields it sets win, the rest stay.
-    pub fn apply(&self, policy: &mut RetryPolicy) {
-        fn take<T: Clone>(target: &mut T, value: &Option<T>) {
-            if let Some(value) = value {
-                *target = value.clone();
-            }
-        }
-        take(&mut policy.enabled, &self.enabled);
-        take(&mut policy.max_attempts, &self.max_attempts);
-        take(&mut policy.retry_on, &self.retry_on);
-        take(&mut policy.grpc_retry_on, &self.grpc_retry_on);
-        take(
-            &mut policy.retriable_status_codes,
-            &self.retriable_status_codes,
-        );
-        take(&mut policy.per_try_timeout, &self.per_try_timeout);
-        take(&mut policy.backoff.base_delay, &self.base_delay);
-        take(&mut policy.backoff.max_delay, &self.max_delay);
-        take(&mut policy.backoff.strategy, &self.backoff_strategy);
-        take(&mut policy.backoff.multiplier, &self.multiplier);
-        take(
-            &mut policy.backoff.polynomial_degree,
-            &self.polynomial_degree,
-        );
-        take(&mut policy.backoff.jitter, &self.jitter);
-        take(&mut policy.budget.ratio, &self.budget_ratio);
-        take(
-            &mut policy.budget.min_retries_per_second,
-            &self.budget_min_retries_per_second,
-        );
-        take(&mut policy.budget.window_ns, &self.budget_window);
-        take(&mut policy.trust_client_headers, &self.trust_client_headers);
-        take(&mut policy.count_attempts, &self.count_attempts);
+fn grpc_retry_on(value: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
+    conditions(
+        value,
+        path,
+        GRPC_RETRY_ON_CONDITIONS,
+        "Envoy gRPC retry conditions",
+        "an Envoy gRPC retry condition",
+    )
+}
+
+fn backoff_strategy(value: &Value, path: &str) -> Result<Strategy, ConfigError> {
+    value.as_str().and_then(Strategy::parse).ok_or_else(|| {
+        expected(
+            path,
+            "one of \"fixed\", \"linear\", \"exponential\", \"exponential_jitter\", \"fibonacci\", \"polynomial\", \"adaptive\"",
+            value,
+        )
+    })
+}
+
+fn budget_window(value: &Value, path: &str) -> Result<u64, ConfigError> {
+    let window = duration(value, path)?;
+    if window > MAX_BUDGET_WINDOW_NS {
+        return Err(expected(
+            path,
+            "a duration > 0 and at most 300 s (seconds as a number, or a string like \"10s\" or \"5m\")",
+            value,
+        ));
     }
+    Ok(window)
 }
 
 /// A list of distinct condition names, each exactly one of `allowed`.
@@ -353,15 +245,17 @@ fn status_codes(value: &Value, path: &str) -> Result<Vec<u16>, ConfigError> {
 
 /// A number in `[min, max]`, or a decimal string (`"0.5"`): Envoy's YAML loader turns
 /// fractional numbers in route metadata into strings.
-fn number(value: &Value, path: &str, min: f64, max: f64) -> Result<f64, ConfigError> {
-    let parsed = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => crate::fault::header::decimal(s.trim()),
-        _ => None,
-    };
-    parsed
-        .filter(|n| *n >= min && *n <= max)
-        .ok_or_else(|| expected(path, &format!("a number between {min} and {max}"), value))
+fn number_in(min: f64, max: f64) -> impl Fn(&Value, &str) -> Result<f64, ConfigError> {
+    move |value, path| {
+        let parsed = match value {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => crate::fault::header::decimal(s.trim()),
+            _ => None,
+        };
+        parsed
+            .filter(|n| *n >= min && *n <= max)
+            .ok_or_else(|| expected(path, &format!("a number between {min} and {max}"), value))
+    }
 }
 
 /// Checks what only the resolved section can show (values from different layers together).
@@ -384,26 +278,5 @@ pub fn validate(policy: &RetryPolicy, path: &str) -> Result<(), ConfigError> {
 
 /// The resolved section, as configuration would write it (reports, docs tests).
 pub fn to_json(policy: &RetryPolicy) -> Value {
-    let secs = |n: u64| n as f64 / NANOS_PER_SEC as f64;
-    json!({
-        "enabled": policy.enabled,
-        "max_attempts": policy.max_attempts,
-        "retry_on": policy.retry_on,
-        "grpc_retry_on": policy.grpc_retry_on,
-        "retriable_status_codes": policy.retriable_status_codes,
-        "per_try_timeout": secs(policy.per_try_timeout),
-        "base_delay": secs(policy.backoff.base_delay),
-        "max_delay": secs(policy.backoff.max_delay),
-        "backoff_strategy": policy.backoff.strategy.name(),
-        "multiplier": policy.backoff.multiplier,
-        "polynomial_degree": policy.backoff.polynomial_degree,
-        "jitter": policy.backoff.jitter,
-        "budget": {
-            "ratio": policy.budget.ratio,
-            "min_retries_per_second": policy.budget.min_retries_per_second,
-            "window": secs(policy.budget.window_ns),
-        },
-        "trust_client_headers": policy.trust_client_headers,
-        "count_attempts": policy.count_attempts,
-    })
+    RetryPatch::to_json(policy)
 }
