@@ -40,7 +40,9 @@ pub struct ThenAbort {
 
 struct Cached {
     bucket: Rc<BucketState>,
-    expires_ns: u64,
+    /// The cache epoch it was resolved in; the tick moves the epoch every
+    /// [`ROUTE_REFRESH_NS`], so a request never needs the clock to know its entry is stale.
+    epoch: u64,
 }
 
 pub struct Plugin<H: Host> {
@@ -56,6 +58,8 @@ pub struct Plugin<H: Host> {
     /// is only reported, so deriving it saves a host call per request.
     wall_offset_ms: u64,
     last_housekeeping_ns: Cell<u64>,
+    route_epoch: Cell<u64>,
+    route_epoch_started_ns: Cell<u64>,
 }
 
 impl<H: Host> Plugin<H> {
@@ -75,6 +79,8 @@ impl<H: Host> Plugin<H> {
             scheduler: Scheduler::default(),
             wall_offset_ms,
             last_housekeeping_ns: Cell::new(0),
+            route_epoch: Cell::new(0),
+            route_epoch_started_ns: Cell::new(0),
         };
         let mut initial = vec![Route::new(DEFAULT_ROUTE, plugin.settings.defaults.clone())];
         initial.extend(
@@ -181,9 +187,10 @@ impl<H: Host> Plugin<H> {
     }
 
     /// Resolves the Envoy route `name` (empty for unnamed routes) to its bucket.
-    pub fn resolve(&self, name: &str, now_ns: u64) -> Rc<BucketState> {
+    pub fn resolve(&self, name: &str) -> Rc<BucketState> {
+        let epoch = self.route_epoch.get();
         if let Some(cached) = self.by_route.borrow().get(name) {
-            if cached.expires_ns > now_ns {
+            if cached.epoch == epoch {
                 return cached.bucket.clone();
             }
         }
@@ -225,7 +232,7 @@ impl<H: Host> Plugin<H> {
                 name.to_string(),
                 Cached {
                     bucket: bucket.clone(),
-                    expires_ns: now_ns.saturating_add(ROUTE_REFRESH_NS),
+                    epoch,
                 },
             );
         }
@@ -332,6 +339,13 @@ impl<H: Host> Plugin<H> {
             return false;
         }
         self.last_housekeeping_ns.set(now.mono_ns);
+        let epoch_age = now
+            .mono_ns
+            .saturating_sub(self.route_epoch_started_ns.get());
+        if epoch_age >= ROUTE_REFRESH_NS {
+            self.route_epoch.set(self.route_epoch.get().wrapping_add(1));
+            self.route_epoch_started_ns.set(now.mono_ns);
+        }
         let buckets: Vec<Rc<BucketState>> = self.buckets.borrow().values().cloned().collect();
         for bucket in buckets {
             let route = bucket.route();

@@ -15,7 +15,7 @@ use super::bucket::BucketState;
 use super::plugin::ThenAbort;
 use super::reply::{self, Rejection};
 use super::{health_endpoint, take_slot, Action, Plugin};
-use crate::breaker::{self, Decision, Now, Outcome, State, Ticket};
+use crate::breaker::{self, Decision, Outcome, State, Ticket};
 use crate::classify::{classify, needs_flags, Response};
 use crate::config::Mode;
 use crate::fault::Fault;
@@ -65,14 +65,13 @@ impl<H: Host> Stream<H> {
     }
 
     pub fn on_request_headers(&mut self) -> Action {
-        let now = self.plugin.now();
         let route_name = self
             .host()
             .property(&["xds", "route_name"])
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default();
         if self.plugin.settings.mode == Mode::Upstream {
-            return self.on_upstream_try(&route_name, now);
+            return self.on_upstream_try(&route_name);
         }
         if self.plugin.settings.health.enabled {
             // Only here does every request pay for reading its path.
@@ -83,7 +82,7 @@ impl<H: Host> Stream<H> {
             }
             self.path = Some(path);
         }
-        let bucket = self.plugin.resolve(&route_name, now.mono_ns);
+        let bucket = self.plugin.resolve(&route_name);
         self.bucket = Some(bucket.clone());
         bucket.stats.requests.inc(self.host());
 
@@ -106,14 +105,14 @@ impl<H: Host> Stream<H> {
                     grpc: self.is_grpc(),
                 };
                 return match delay {
-                    Some(nanos) => self.hold(now.mono_ns, nanos, Some(then)),
+                    Some(nanos) => self.hold(nanos, Some(then)),
                     None => self.send(&reply::fault_abort(then.abort, then.grpc)),
                 };
             }
             Some(Fault { delay, .. }) => delay,
             None => None,
         };
-        match self.admit(&bucket, now) {
+        match self.admit(&bucket) {
             Action::Continue => {
                 if route.policy.retry.enabled {
                     self.apply_retry_policy(&bucket, &route.policy.retry);
@@ -121,7 +120,7 @@ impl<H: Host> Stream<H> {
                 match delay {
                     Some(nanos) => {
                         self.applied(&bucket, fault.as_ref());
-                        self.hold(now.mono_ns, nanos, None)
+                        self.hold(nanos, None)
                     }
                     None => Action::Continue,
                 }
@@ -146,7 +145,7 @@ impl<H: Host> Stream<H> {
     }
 
     /// The breaker's admission; `Continue` when the request may go upstream.
-    fn admit(&mut self, bucket: &Rc<BucketState>, now: Now) -> Action {
+    fn admit(&mut self, bucket: &Rc<BucketState>) -> Action {
         let route = bucket.route();
         let policy = &route.policy.circuit_breaker;
         if !policy.enabled {
@@ -154,14 +153,18 @@ impl<H: Host> Stream<H> {
         }
         let decision = match bucket.admit_cached(self.host()) {
             Some(ticket) => Decision::Allow(ticket),
-            None => match self
-                .plugin
-                .update(bucket, |rec| breaker::admit(rec, policy, now))
-            {
-                Ok(step) => step.result,
-                // Shared state unavailable: let the request through untracked (fail open).
-                Err(_) => return Action::Continue,
-            },
+            None => {
+                // The clock only when the record must be read: the cached path needs no time.
+                let now = self.plugin.now();
+                match self
+                    .plugin
+                    .update(bucket, |rec| breaker::admit(rec, policy, now))
+                {
+                    Ok(step) => step.result,
+                    // Shared state unavailable: let the request through untracked (fail open).
+                    Err(_) => return Action::Continue,
+                }
+            }
         };
         match decision {
             Decision::Allow(ticket) => {

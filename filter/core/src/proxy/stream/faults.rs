@@ -38,7 +38,8 @@ impl<H: Host> Stream<H> {
     }
 
     /// Holds the request for `nanos`, then resumes it (or sends `then`) from the tick.
-    pub(super) fn hold(&mut self, now_ns: u64, nanos: u64, then: Option<ThenAbort>) -> Action {
+    pub(super) fn hold(&mut self, nanos: u64, then: Option<ThenAbort>) -> Action {
+        let now_ns = self.plugin.host.monotonic_ns();
         self.plugin
             .park(self.context_id, now_ns.saturating_add(nanos), then);
         self.parked = true;

@@ -7,7 +7,7 @@
 use log::debug;
 
 use super::Stream;
-use crate::breaker::{self, Now, State, Ticket};
+use crate::breaker::{self, State, Ticket};
 use crate::config::retry::{RetryPolicy, CLIENT_RETRY_HEADERS};
 use crate::host::{Host, Map};
 use crate::proxy::bucket::BucketState;
@@ -18,8 +18,8 @@ impl<H: Host> Stream<H> {
     /// Upstream mode: this is one try of a request. A retry (try n >= 2, from the router's
     /// `x-envoy-attempt-count`, which the virtual host's `include_request_attempt_count` adds) is
     /// held for the route's backoff delay before it goes out; the first try passes at once.
-    pub(super) fn on_upstream_try(&mut self, route_name: &str, now: Now) -> Action {
-        let bucket = self.plugin.resolve(route_name, now.mono_ns);
+    pub(super) fn on_upstream_try(&mut self, route_name: &str) -> Action {
+        let bucket = self.plugin.resolve(route_name);
         self.bucket = Some(bucket.clone());
         let route = bucket.route();
         let policy = &route.policy.retry;
@@ -66,7 +66,7 @@ impl<H: Host> Stream<H> {
         if delay == 0 {
             return Action::Continue;
         }
-        self.hold(now.mono_ns, delay, None)
+        self.hold(delay, None)
     }
 
     pub(super) fn apply_retry_policy(&mut self, bucket: &BucketState, policy: &RetryPolicy) {
