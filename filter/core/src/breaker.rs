@@ -234,6 +234,7 @@ pub fn recovery_timeout(policy: &BreakerPolicy, trips: u32) -> u64 {
         multiplier: DEFAULT_MULTIPLIER,
         polynomial_degree: DEFAULT_POLYNOMIAL_DEGREE,
         jitter: 0.0,
+        adaptive: false,
     }
     .delay(trips, 0.0, 1.0)
 }

@@ -35,27 +35,35 @@ impl Codec for Registry {
     }
 }
 
-/// Adds `bucket` to the shared list (idempotent, bounded). A name with a newline could not be
-/// read back as one name, so it is not listed (bucket names never hold one: see
-/// `config::check_route_name`).
-pub fn register<S: SharedStore + ?Sized>(shared: &S, bucket: &str) -> Result<(), UpdateError> {
-    if bucket.is_empty() || bucket.contains('\n') {
-        return Ok(());
+/// Adds `bucket` to the instance's shared list unless it holds `max` names already
+/// (idempotent). `Ok(true)` when the bucket is listed (now or before): it may exist; `Ok(false)`
+/// when the list is full without it. A name with a line break could not be read back as one
+/// name, so it is never listed.
+pub fn register<S: SharedStore + ?Sized>(
+    shared: &S,
+    prefix: &str,
+    bucket: &str,
+    max: usize,
+) -> Result<bool, UpdateError> {
+    if bucket.is_empty() || bucket.contains(['\n', '\r']) {
+        return Ok(false);
     }
-    store::update_value(shared, &keys::registry(), |current: &Registry| {
-        let listed = current.names.iter().any(|n| n == bucket);
-        (!listed && current.names.len() < MAX_REGISTERED).then(|| {
-            let mut next = current.clone();
-            next.names.push(bucket.to_string());
-            next
-        })
-    })
-    .map(|_| ())
+    let max = max.min(MAX_REGISTERED);
+    let (registry, _) =
+        store::update_value(shared, &keys::registry(prefix), |current: &Registry| {
+            let listed = current.names.iter().any(|n| n == bucket);
+            (!listed && current.names.len() < max).then(|| {
+                let mut next = current.clone();
+                next.names.push(bucket.to_string());
+                next
+            })
+        })?;
+    Ok(registry.names.iter().any(|n| n == bucket))
 }
 
-/// Every bucket in the shared list.
-pub fn registered<S: SharedStore + ?Sized>(shared: &S) -> Vec<String> {
-    store::load_value::<S, Registry>(shared, &keys::registry())
+/// Every bucket in the instance's shared list.
+pub fn registered<S: SharedStore + ?Sized>(shared: &S, prefix: &str) -> Vec<String> {
+    store::load_value::<S, Registry>(shared, &keys::registry(prefix))
         .map(|(registry, _, _)| registry.names)
         .unwrap_or_default()
 }

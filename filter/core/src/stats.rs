@@ -125,6 +125,7 @@ stats! {
             shared_data_errors: "shared_data_errors_total",
             state_reset: "state_reset_total",
             route_config_rejected: "route_config_rejected_total",
+            buckets_overflow: "buckets_overflow_total",
         }
         gauges {}
     }

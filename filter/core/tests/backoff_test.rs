@@ -32,6 +32,7 @@ fn example(strategy: Strategy) -> Backoff {
         multiplier: 2.0,
         polynomial_degree: 2,
         jitter: 0.5,
+        adaptive: false,
     }
 }
 
@@ -88,6 +89,7 @@ fn new_takes_the_defaults() {
             multiplier: DEFAULT_MULTIPLIER,
             polynomial_degree: DEFAULT_POLYNOMIAL_DEGREE,
             jitter: DEFAULT_JITTER,
+            adaptive: false,
         }
     );
     assert_eq!((DEFAULT_MULTIPLIER, DEFAULT_POLYNOMIAL_DEGREE), (2.0, 2));
@@ -280,6 +282,7 @@ fn jitter_stays_between_min_delay_and_the_exponential_delay() {
             } else {
                 rng.gen_range(0.0..=1.0)
             },
+            adaptive: false,
         };
         let exponential = Backoff {
             strategy: Strategy::Exponential,
@@ -331,6 +334,7 @@ fn adaptive_is_monotonic_in_the_failure_ratio() {
             multiplier: rng.gen_range(1.0..3.0),
             polynomial_degree: 2,
             jitter: 0.5,
+            adaptive: false,
         };
         let k = rng.gen_range(1..=30);
         let mut ratios: Vec<f64> = (0..10).map(|_| rng.gen_range(0.0..=1.0)).collect();
@@ -431,6 +435,7 @@ fn extreme_inputs_never_panic_overflow_or_exceed_the_cap() {
                             multiplier,
                             polynomial_degree,
                             jitter: 1.0,
+                            adaptive: false,
                         };
                         for &k in &retries {
                             for &f in &ratios {
@@ -475,4 +480,29 @@ fn the_largest_retry_saturates_at_the_cap() {
             _ => assert_eq!(second, u64::MAX, "{strategy:?}"),
         }
     }
+}
+
+#[test]
+fn enable_adaptive_delays_scales_any_strategy_by_the_failure_ratio_and_still_caps() {
+    let fixed = Backoff {
+        adaptive: true,
+        ..Backoff::new(Strategy::Fixed, 100 * MS, 150 * MS)
+    };
+    assert_eq!(fixed.delay(3, 0.0, 0.0), 50 * MS, "nothing fails: half");
+    assert_eq!(
+        fixed.delay(3, 0.5, 0.0),
+        100 * MS,
+        "half fails: as configured"
+    );
+    assert_eq!(
+        fixed.delay(3, 1.0, 0.0),
+        150 * MS,
+        "everything fails: doubled, then capped"
+    );
+    let plain = Backoff::new(Strategy::Fixed, 100 * MS, 150 * MS);
+    assert_eq!(
+        plain.delay(3, 1.0, 0.0),
+        100 * MS,
+        "off: the ratio does not matter"
+    );
 }

@@ -28,7 +28,7 @@ use marty_resilience_core::store::{
 use rand::Rng;
 
 const WINDOW: u64 = 10 * S;
-const KEY: &str = "marty.resilience/v1/budget/users";
+const KEY: &str = "marty_resilience/v1/budget/users";
 
 fn policy(ratio: f64, min_retries_per_second: u32) -> Policy {
     Policy {
@@ -50,8 +50,8 @@ fn built(events: &[(u64, (u32, u32, u32))]) -> Record {
 #[test]
 fn key_and_defaults() {
     assert_eq!(
-        marty_resilience_core::keys::budget("users"),
-        "marty.resilience/v1/budget/users"
+        marty_resilience_core::keys::budget("marty_resilience", "users"),
+        "marty_resilience/v1/budget/users"
     );
     assert_eq!(
         Policy::default(),

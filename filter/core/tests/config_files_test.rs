@@ -1419,17 +1419,7 @@ fn health_probes() -> Vec<Value> {
 fn schema_health_defaults_are_the_code() -> Result<(), String> {
     let schema = schema()?;
     let code = HealthSettings::default();
-    let sources: Vec<String> = code
-        .allowed_sources
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let resolved = json!({
-        "enabled": code.enabled,
-        "path": code.path,
-        "report_path": code.report_path,
-        "allowed_sources": sources,
-    });
+    let resolved = code.to_json();
     let failures = check_schema_defaults(&schema["properties"]["health"], &resolved, "health");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // `{}` and no section at all are the same.

@@ -64,7 +64,7 @@ fn cb(config: &str) -> BreakerPolicy {
 const CB_FIELDS: &str = "enabled, failure_threshold, recovery_timeout, recovery_backoff, \
     max_recovery_timeout, half_open_success_threshold, half_open_max_requests, half_open_probe_timeout, \
     failure_reset_timeout, max_concurrent_requests, failure_status_codes, \
-    ignored_status_codes, failure_grpc_status, count_connect_failures";
+    ignored_status_codes, failure_grpc_status, count_connect_failures, enable_metrics, error_classifier";
 
 const FI_FIELDS: &str = "enabled, base_failure_rate, method_specific_rates, abort, delay, \
     max_active_faults, header_trigger";
@@ -269,6 +269,8 @@ fn every_field_can_be_set_at_every_layer() {
             "ignored_status_codes": [500 + n],
             "failure_grpc_status": [n],
             "count_connect_failures": n % 2 == 0,
+            "enable_metrics": n % 2 == 1,
+            "error_classifier": "default",
         })
     };
     let expect = |n: u32| BreakerPolicy {
@@ -286,6 +288,8 @@ fn every_field_can_be_set_at_every_layer() {
         ignored_status_codes: StatusSet::codes(&[500 + n as u16]),
         failure_grpc_status: GrpcSet::of(&[n]),
         count_connect_failures: n % 2 == 0,
+        enable_metrics: n % 2 == 1,
+        error_classifier: Default::default(),
     };
     let env_vars: Vec<(String, String)> = layer(3)
         .as_object()
@@ -448,7 +452,7 @@ fn unknown_marty_resilience_variables_are_rejected() {
         MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_MAX_REQUESTS, MARTY_RESILIENCE_CIRCUIT_BREAKER_HALF_OPEN_PROBE_TIMEOUT, \
         MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_RESET_TIMEOUT, MARTY_RESILIENCE_CIRCUIT_BREAKER_MAX_CONCURRENT_REQUESTS, \
         MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_STATUS_CODES, MARTY_RESILIENCE_CIRCUIT_BREAKER_IGNORED_STATUS_CODES, \
-        MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_GRPC_STATUS, MARTY_RESILIENCE_CIRCUIT_BREAKER_COUNT_CONNECT_FAILURES";
+        MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_GRPC_STATUS, MARTY_RESILIENCE_CIRCUIT_BREAKER_COUNT_CONNECT_FAILURES, MARTY_RESILIENCE_CIRCUIT_BREAKER_ENABLE_METRICS, MARTY_RESILIENCE_CIRCUIT_BREAKER_ERROR_CLASSIFIER";
     for name in [
         "MARTY_RESILIENCE_CIRCUIT_BREAKER_FOO",
         "MARTY_RESILIENCE_CIRCUIT_BREAKER_",
@@ -783,7 +787,7 @@ fn unknown_fields_list_the_expected_ones() {
     assert_eq!(
         error(r#"{"circuit_breakers": {}}"#),
         "circuit_breakers: unknown field, expected one of: service_name, environment, \
-         circuit_breaker, retry, failure_injection, health, mode, routes"
+         circuit_breaker, retry, failure_injection, health, mode, bucket_by, max_buckets, stat_prefix, prevent_caller_retries, routes"
     );
     assert_eq!(
         error(r#"{"routes": {"users": {"timeout": 1}}}"#),
@@ -812,7 +816,7 @@ fn an_empty_retry_section_changes_nothing() {
         "routes.users.retry.attempts: unknown field, expected one of: enabled, max_attempts, \
          retry_on, grpc_retry_on, retriable_status_codes, per_try_timeout, base_delay, \
          max_delay, backoff_strategy, multiplier, polynomial_degree, jitter, budget, \
-         trust_client_headers, count_attempts"
+         trust_client_headers, count_attempts, enable_circuit_breaker, enable_adaptive_delays"
     );
     assert_eq!(
         error(r#"{"retry": true}"#),
@@ -873,7 +877,7 @@ fn config_errors_carry_path_and_message_apart() {
 fn a_route_named_default_is_rejected() {
     assert_eq!(
         error(r#"{"routes": {"default": {}}}"#),
-        "routes.default: \"default\" is the bucket of unconfigured routes; configure it at the top level"
+        "routes.default: \"default\" (Istio's name for its generated routes) is never a bucket: requests on such routes are bucketed by their upstream cluster; key the entry by the cluster name"
     );
     assert_eq!(DEFAULT_ROUTE, "default");
 }
@@ -894,7 +898,7 @@ fn route_names_are_bounded_in_length() {
     let long = "r".repeat(MAX_ROUTE_NAME_LEN + 1);
     assert_eq!(
         error(&format!(r#"{{"routes": {{"{long}": {{}}}}}}"#)),
-        format!("routes.{long}: a route name must be at most 128 bytes")
+        format!("routes.{long}: a route name must be at most {MAX_ROUTE_NAME_LEN} bytes")
     );
 }
 
@@ -1101,6 +1105,8 @@ fn resolved_policies_round_trip_through_to_json() {
             ignored_status_codes: StatusSet::codes(&codes),
             failure_grpc_status: GrpcSet::of(&[rng.gen_range(0..17), rng.gen_range(0..17)]),
             count_connect_failures: rng.gen(),
+            enable_metrics: rng.gen(),
+            error_classifier: Default::default(),
         };
         let config = json!({"circuit_breaker": policy.to_json()}).to_string();
         let parsed = Settings::parse(config.as_bytes(), &[])

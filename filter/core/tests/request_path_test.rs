@@ -37,12 +37,25 @@ impl Worker {
         &self.plugin.host
     }
 
-    /// Starts a request on `route` with `headers`; returns the stream and what it answered.
+    /// Starts a request on `route` (to the cluster `upstream`) with `headers`; returns the
+    /// stream and what it answered.
     fn request(&self, route: &str, headers: &[(&str, &str)]) -> (Stream<FakeHost>, Action) {
+        self.request_to(route, Some("upstream"), headers)
+    }
+
+    /// Starts a request on `route` to `cluster` (`None`: a route with no upstream cluster).
+    fn request_to(
+        &self,
+        route: &str,
+        cluster: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (Stream<FakeHost>, Action) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         self.host()
             .set_property("xds.route_name", Some(route.as_bytes()));
+        self.host()
+            .set_property("xds.cluster_name", cluster.map(str::as_bytes));
         let mut all = vec![(":method", "GET"), (":path", "/")];
         all.extend_from_slice(headers);
         self.host().new_stream(&all);
@@ -509,7 +522,7 @@ fn a_spent_budget_switches_retries_off_until_it_refills() {
         Some("0")
     );
     assert_eq!(
-        worker.stat("route.default.retries_suppressed_budget_total"),
+        worker.stat("route.upstream.retries_suppressed_budget_total"),
         1
     );
 }
@@ -576,4 +589,241 @@ fn the_health_endpoint_answers_allowed_peers_from_the_shared_records() {
     let mut s = Stream::new(100, worker.plugin.clone());
     assert_eq!(s.on_request_headers(), Action::Pause);
     assert_eq!(worker.host().last_reply().unwrap().status, 404);
+}
+
+// --- Buckets: one per named route or destination (issue: breakers where users expect them) ---
+
+const PER_NAME: &str = r#"{"circuit_breaker": {"failure_threshold": 2}}"#;
+
+#[test]
+fn unlisted_named_routes_each_get_their_own_breaker() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, PER_NAME);
+    for _ in 0..2 {
+        worker.call("orders", "503");
+    }
+    assert_eq!(worker.stat("route.orders.circuit_state"), 1);
+    assert_eq!(worker.call("counted", "200"), Action::Continue);
+    assert_eq!(worker.stat("route.counted.circuit_state"), 0);
+    assert_eq!(worker.stat("route.counted.success_total"), 1);
+}
+
+#[test]
+fn istio_default_routes_are_bucketed_by_destination_cluster() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, PER_NAME);
+    let reviews = "outbound|8080||reviews.default.svc.cluster.local";
+    let ratings = "outbound|9080||ratings.default.svc.cluster.local";
+    for _ in 0..2 {
+        let (mut s, _) = worker.request_to("default", Some(reviews), &[]);
+        worker.respond(&mut s, "503");
+    }
+    let (_s, action) = worker.request_to("default", Some(reviews), &[]);
+    assert_eq!(action, Action::Pause, "reviews is open");
+    let (mut s, action) = worker.request_to("default", Some(ratings), &[]);
+    assert_eq!(action, Action::Continue, "ratings is not");
+    worker.respond(&mut s, "200");
+    assert_eq!(
+        worker.stat("route.outbound_8080__reviews_default_svc_cluster_local.circuit_opened_total"),
+        1
+    );
+    // Unnamed routes too.
+    let (_s, action) = worker.request_to("", Some(reviews), &[]);
+    assert_eq!(action, Action::Pause);
+}
+
+#[test]
+fn a_routes_entry_keyed_by_cluster_applies_and_bucket_by_cluster_shares_across_routes() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"bucket_by": "cluster", "circuit_breaker": {"failure_threshold": 5},
+            "routes": {"backend": {"circuit_breaker": {"failure_threshold": 1}}}}"#,
+    );
+    let (mut s, _) = worker.request_to("users", Some("backend"), &[]);
+    worker.respond(&mut s, "503");
+    let (_s, action) = worker.request_to("orders", Some("backend"), &[]);
+    assert_eq!(
+        action,
+        Action::Pause,
+        "one breaker for the cluster, across routes"
+    );
+    assert_eq!(worker.stat("route.backend.circuit_state"), 1);
+}
+
+#[test]
+fn a_request_with_no_upstream_cluster_is_counted_by_no_breaker() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, PER_NAME);
+    for route in ["", "redirect", "default"] {
+        let (mut s, action) = worker.request_to(route, None, &[]);
+        assert_eq!(action, Action::Continue);
+        worker.respond(&mut s, "404");
+    }
+    assert!(
+        envoy.stat_names().iter().all(|n| !n.contains(".route.")),
+        "no bucket stats: {:?}",
+        envoy.stat_names()
+    );
+}
+
+#[test]
+fn past_max_buckets_new_names_share_the_overflow_bucket() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, r#"{"max_buckets": 2}"#);
+    for route in ["a", "b", "c", "d", "c"] {
+        assert_eq!(worker.call(route, "200"), Action::Continue);
+    }
+    assert_eq!(worker.stat("route.a.requests_total"), 1);
+    assert_eq!(worker.stat("route.b.requests_total"), 1);
+    assert_eq!(worker.stat("route._overflow_.requests_total"), 3);
+    assert_eq!(
+        worker.stat("buckets_overflow_total"),
+        2,
+        "c and d, once each"
+    );
+    // A second worker agrees through the shared registry.
+    let other = Worker::new(&envoy, r#"{"max_buckets": 2}"#);
+    other.call("e", "200");
+    assert_eq!(worker.stat("route._overflow_.requests_total"), 4);
+}
+
+#[test]
+fn two_stat_prefixes_share_no_stat_and_no_breaker() {
+    let envoy = FakeEnvoy::new();
+    let a = Worker::new(
+        &envoy,
+        r#"{"stat_prefix": "edge_a", "circuit_breaker": {"failure_threshold": 1}}"#,
+    );
+    let b = Worker::new(
+        &envoy,
+        r#"{"stat_prefix": "edge_b", "circuit_breaker": {"failure_threshold": 1}}"#,
+    );
+    a.call("users", "503");
+    assert_eq!(envoy.stat("edge_a.route.users.circuit_state"), 1);
+    assert_eq!(b.call("users", "200"), Action::Continue);
+    assert_eq!(envoy.stat("edge_b.route.users.circuit_state"), 0);
+    assert_eq!(envoy.stat("marty_resilience.route.users.requests_total"), 0);
+}
+
+#[test]
+fn rejections_tell_a_calling_envoy_not_to_retry_unless_switched_off() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, r#"{"circuit_breaker": {"failure_threshold": 1}}"#);
+    worker.call("users", "503");
+    worker.call("users", "200");
+    let reply = worker.host().last_reply().unwrap();
+    let has = |reply: &marty_resilience_core::host::LocalReply, name: &str| {
+        reply.headers.iter().any(|(n, v)| *n == name && v == "true")
+    };
+    assert!(has(&reply, "x-envoy-ratelimited") && has(&reply, "x-envoy-overloaded"));
+
+    let envoy = FakeEnvoy::new();
+    let off = Worker::new(
+        &envoy,
+        r#"{"prevent_caller_retries": false, "circuit_breaker": {"failure_threshold": 1}}"#,
+    );
+    off.call("users", "503");
+    off.call("users", "200");
+    let reply = off.host().last_reply().unwrap();
+    assert!(!has(&reply, "x-envoy-ratelimited") && !has(&reply, "x-envoy-overloaded"));
+}
+
+#[test]
+fn a_bulkhead_rejection_says_it_is_one() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"circuit_breaker": {"max_concurrent_requests": 1}}"#,
+    );
+    let (_held, _) = worker.request("users", &[]);
+    let (_s, action) = worker.request("users", &[]);
+    assert_eq!(action, Action::Pause);
+    let reply = worker.host().last_reply().unwrap();
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "x-marty-bulkhead" && v == "full"));
+    assert!(reply.headers.iter().all(|(n, _)| *n != "x-marty-circuit"));
+}
+
+#[test]
+fn with_health_route_only_that_route_reads_its_path() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"health": {"enabled": true, "route": "marty_health"}}"#,
+    );
+    worker.call("users", "200");
+    let (mut s, _) = worker.request("users", &[]);
+    worker.respond(&mut s, "200");
+    assert_eq!(
+        worker.host().count("get_header"),
+        1,
+        ":status only, not :path"
+    );
+    worker
+        .host()
+        .set_property("source.address", Some(b"127.0.0.1:1"));
+    let (_s, action) = worker.request_to("marty_health", None, &[]);
+    // The Worker sends `:path: /`: not the endpoint, so it goes on.
+    assert_eq!(action, Action::Continue);
+    worker
+        .host()
+        .set_property("xds.route_name", Some(b"marty_health"));
+    worker
+        .host()
+        .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
+    let mut s = Stream::new(500, worker.plugin.clone());
+    assert_eq!(s.on_request_headers(), Action::Pause);
+    assert_eq!(worker.host().last_reply().unwrap().status, 200);
+}
+
+#[test]
+fn enable_metrics_false_skips_the_per_request_counters_not_the_gauges() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"circuit_breaker": {"enable_metrics": false, "failure_threshold": 1}}"#,
+    );
+    let (mut s, _) = worker.request("users", &[]);
+    assert_eq!(worker.stat("route.users.active_requests"), 1);
+    worker.respond(&mut s, "503");
+    assert_eq!(worker.stat("route.users.requests_total"), 0);
+    assert_eq!(worker.stat("route.users.failure_total"), 0);
+    assert_eq!(worker.stat("route.users.circuit_opened_total"), 1);
+    assert_eq!(worker.stat("route.users.circuit_state"), 1);
+}
+
+#[test]
+fn the_guides_retry_section_retries_and_enable_circuit_breaker_false_retries_probes() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1},
+            "retry": {"max_attempts": 5, "base_delay": 0.2, "max_delay": 60.0,
+                      "backoff_strategy": "exponential_jitter", "enable_adaptive_delays": true,
+                      "enable_circuit_breaker": false}}"#,
+    );
+    let (mut s, _) = worker.request("users", &[]);
+    assert_eq!(
+        worker
+            .host()
+            .header_value(Map::RequestHeaders, "x-envoy-max-retries")
+            .as_deref(),
+        Some("4"),
+        "a retry section without `enabled` retries"
+    );
+    worker.respond(&mut s, "503");
+    envoy.advance_ms(1_001);
+    let (_probe, action) = worker.request("users", &[]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(
+        worker
+            .host()
+            .header_value(Map::RequestHeaders, "x-envoy-max-retries")
+            .as_deref(),
+        Some("4"),
+        "probes retried when enable_circuit_breaker is false"
+    );
 }

@@ -129,9 +129,19 @@ fn put_raw_bypasses_cas_and_invalidates_held_tokens() {
 
 #[test]
 fn breaker_keys_are_versioned_and_carry_the_raw_route_name() {
-    assert_eq!(breaker_key("users"), "marty.resilience/v1/cb/users");
-    assert_eq!(breaker_key("a.b"), "marty.resilience/v1/cb/a.b");
-    assert_eq!(breaker_key("default"), "marty.resilience/v1/cb/default");
+    assert_eq!(
+        breaker_key("marty_resilience", "users"),
+        "marty_resilience/v1/cb/users"
+    );
+    assert_eq!(
+        breaker_key("marty_resilience", "a.b"),
+        "marty_resilience/v1/cb/a.b"
+    );
+    assert_eq!(
+        breaker_key("edge", "outbound|80||a.b"),
+        "edge/v1/cb/outbound|80||a.b",
+        "each stat_prefix has its own keys"
+    );
 }
 
 // ---------------------------------------------------------------- load / ensure
@@ -473,21 +483,36 @@ impl SharedStore for Failing {
 fn the_registry_lists_each_bucket_once_and_skips_names_it_could_not_read_back() {
     use marty_resilience_core::registry::{register, registered};
     let shared = MemoryStore::new();
-    assert!(registered(&shared).is_empty());
-    for name in ["users", "orders", "users", "", "two\nlines"] {
-        register(&shared, name).unwrap();
+    assert!(registered(&shared, "p").is_empty());
+    for (name, listed) in [
+        ("users", true),
+        ("orders", true),
+        ("users", true),
+        ("", false),
+        ("two\nlines", false),
+    ] {
+        assert_eq!(
+            register(&shared, "p", name, 10).unwrap(),
+            listed,
+            "{name:?}"
+        );
     }
-    assert_eq!(registered(&shared), ["users", "orders"]);
+    assert_eq!(registered(&shared, "p"), ["users", "orders"]);
+    assert!(registered(&shared, "other").is_empty(), "per stat_prefix");
 }
 
 #[test]
 fn the_registry_is_bounded() {
     use marty_resilience_core::registry::{register, registered, MAX_REGISTERED};
     let shared = MemoryStore::new();
+    assert!(register(&shared, "p", "a", 2).unwrap());
+    assert!(register(&shared, "p", "b", 2).unwrap());
+    assert!(!register(&shared, "p", "c", 2).unwrap(), "full: not listed");
+    assert!(register(&shared, "p", "a", 2).unwrap(), "already listed");
     for i in 0..MAX_REGISTERED + 5 {
-        register(&shared, &format!("r{i}")).unwrap();
+        register(&shared, "q", &format!("r{i}"), usize::MAX).unwrap();
     }
-    assert_eq!(registered(&shared).len(), MAX_REGISTERED);
+    assert_eq!(registered(&shared, "q").len(), MAX_REGISTERED);
 }
 
 #[test]
@@ -498,10 +523,10 @@ fn the_registry_retries_a_lost_race_through_the_bounded_loop() {
     let raced = Cell::new(false);
     *shared.before_set.borrow_mut() = Some(Box::new(move |inner: &MemoryStore| {
         if !raced.replace(true) {
-            register(inner, "other").unwrap();
+            register(inner, "p", "other", 10).unwrap();
         }
     }));
-    register(&shared, "mine").unwrap();
-    let names = registered(&shared.inner);
+    assert!(register(&shared, "p", "mine", 10).unwrap());
+    let names = registered(&shared.inner, "p");
     assert!(names.contains(&"mine".to_string()) && names.contains(&"other".to_string()));
 }

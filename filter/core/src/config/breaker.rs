@@ -41,6 +41,11 @@ pub struct BreakerPolicy {
     pub failure_grpc_status: GrpcSet,
     /// Count upstream connect failures, resets and timeouts (Envoy response flags).
     pub count_connect_failures: bool,
+    /// Marty's `enable_metrics`: the per-request counters (`requests_total`, `success_total`,
+    /// ...) of the route. Off, they are not counted (a host call each saved); the gauges and
+    /// transition counters, which correctness reads, always are.
+    pub enable_metrics: bool,
+    pub error_classifier: ErrorClassifier,
 }
 
 impl BreakerPolicy {
@@ -72,7 +77,30 @@ section! {
         failure_grpc_status:
             list(GrpcSet, failure_grpc_status, GrpcSet::parse, |s: &GrpcSet| s.to_json()),
         count_connect_failures: value(bool, count_connect_failures, boolean, plain),
+        enable_metrics: value(bool, enable_metrics, boolean, plain),
+        error_classifier: value(ErrorClassifier, error_classifier, error_classifier, classifier_name),
     }
+}
+
+/// Marty's `error_classifier`. In a proxy, what counts as a failure is configured by status
+/// (`failure_status_codes`, `ignored_status_codes`, `failure_grpc_status`,
+/// `count_connect_failures`); the only classifier is the default one, which applies them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorClassifier;
+
+fn error_classifier(value: &Value, path: &str) -> Result<ErrorClassifier, ConfigError> {
+    match value.as_str() {
+        Some("default" | "DefaultErrorClassifier") => Ok(ErrorClassifier),
+        _ => Err(expected(
+            path,
+            "\"default\" (a proxy classifies by status: set failure_status_codes, ignored_status_codes, failure_grpc_status)",
+            value,
+        )),
+    }
+}
+
+fn classifier_name(_: &ErrorClassifier) -> Value {
+    Value::from("default")
 }
 
 /// Strategies `recovery_backoff` accepts: the deterministic ones. A breaker's open period is

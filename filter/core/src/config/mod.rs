@@ -100,14 +100,66 @@ const TOP_FIELDS: &[&str] = &[
     "failure_injection",
     "health",
     "mode",
+    "bucket_by",
+    "max_buckets",
+    "stat_prefix",
+    "prevent_caller_retries",
     "routes",
 ];
 
-/// Name of the shared bucket for requests on routes that are neither configured nor annotated.
+/// The route name Istio gives every generated route (and many configurations give a catch-all
+/// route): never a bucket, since it names no one destination. Requests on such a route, like
+/// requests on unnamed routes, are bucketed by their upstream cluster.
 pub const DEFAULT_ROUTE: &str = "default";
 
-/// Longest route name accepted; names end up in stat names and shared-data keys.
-pub const MAX_ROUTE_NAME_LEN: usize = 128;
+/// Longest bucket name (route or cluster name) accepted; names end up in stat names and
+/// shared-data keys. Istio's cluster names (`outbound|<port>|<subset>|<fqdn>`) fit.
+pub const MAX_ROUTE_NAME_LEN: usize = 255;
+
+/// The default `max_buckets`.
+pub const DEFAULT_MAX_BUCKETS: u32 = 1000;
+/// The largest `max_buckets` (the shared bucket registry's bound).
+pub const MAX_BUCKETS: u32 = crate::registry::MAX_REGISTERED as u32;
+/// Longest `stat_prefix`.
+pub const MAX_STAT_PREFIX_LEN: usize = 64;
+
+/// What names a request's bucket (its breaker, records and stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BucketBy {
+    /// The Envoy route name, or the upstream cluster for unnamed routes and routes named
+    /// `default` (Istio's generated routes): per route in Envoy, per destination in Istio.
+    #[default]
+    Route,
+    /// The upstream cluster always: one breaker per backend across routes.
+    Cluster,
+}
+
+impl BucketBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Route => "route",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
+fn stat_prefix(value: &Value, path: &str) -> Result<String, ConfigError> {
+    match value.as_str() {
+        Some(p)
+            if !p.is_empty()
+                && p.len() <= MAX_STAT_PREFIX_LEN
+                && p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            Ok(p.to_string())
+        }
+        _ => Err(expected(
+            path,
+            "a stat prefix: letters, digits and '_', starting with a letter or '_', at most 64 bytes",
+            value,
+        )),
+    }
+}
 
 impl RoutePatch {
     /// Parses the sections of a route entry (or of the top level) from `map`, ignoring `skip`.
@@ -157,7 +209,20 @@ pub struct Settings {
     pub injection_switch: Option<bool>,
     pub health: HealthSettings,
     pub mode: Mode,
+    pub bucket_by: BucketBy,
+    /// Buckets one plugin instance creates at most; past it requests share [`OVERFLOW_BUCKET`].
+    pub max_buckets: u32,
+    /// Every stat name and shared-data key of this plugin instance is under it.
+    pub stat_prefix: String,
+    /// The filter's own rejections carry `x-envoy-ratelimited` (so a calling Envoy does not
+    /// retry them) and `x-envoy-overloaded`.
+    pub prevent_caller_retries: bool,
 }
+
+/// The bucket requests share once `max_buckets` buckets exist. Its name cannot be a route or
+/// cluster name the filter would bucket by: it is not a valid stat name and is refused in
+/// `routes`.
+pub const OVERFLOW_BUCKET: &str = "(overflow)";
 
 /// Where the filter sits in Envoy's chain.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,6 +245,9 @@ pub struct HealthSettings {
     pub report_path: String,
     /// Peers allowed to ask; others get 404.
     pub allowed_sources: Vec<Cidr>,
+    /// The Envoy route the endpoint is served on. When set, only requests on that route are
+    /// checked for the health paths, so no other request pays for reading its path.
+    pub route: Option<String>,
 }
 
 impl Default for HealthSettings {
@@ -192,6 +260,7 @@ impl Default for HealthSettings {
                 .iter()
                 .filter_map(|c| Cidr::parse(c))
                 .collect(),
+            route: None,
         }
     }
 }
@@ -203,7 +272,21 @@ section! {
         path: value(String, path, endpoint_path, plain),
         report_path: value(String, report_path, endpoint_path, plain),
         allowed_sources: list(Vec<Cidr>, allowed_sources, cidrs, cidrs_json),
+        route: value(Option<String>, route, health_route, route_json),
     }
+}
+
+fn health_route(value: &Value, path: &str) -> Result<Option<String>, ConfigError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let name = string(value, path)?;
+    check_route_name(&name, path)?;
+    Ok(Some(name))
+}
+
+fn route_json(route: &Option<String>) -> Value {
+    route.clone().map_or(Value::Null, Value::from)
 }
 
 impl HealthSettings {
@@ -295,8 +378,35 @@ impl Settings {
             map,
             "",
             TOP_FIELDS,
-            &["service_name", "environment", "routes", "health", "mode"],
+            &[
+                "service_name",
+                "environment",
+                "routes",
+                "health",
+                "mode",
+                "bucket_by",
+                "max_buckets",
+                "stat_prefix",
+                "prevent_caller_retries",
+            ],
         )?;
+        let bucket_by = match map.get("bucket_by").map(|v| (v, v.as_str())) {
+            None | Some((_, Some("route"))) => BucketBy::Route,
+            Some((_, Some("cluster"))) => BucketBy::Cluster,
+            Some((v, _)) => return Err(expected("bucket_by", "one of \"route\", \"cluster\"", v)),
+        };
+        let max_buckets = match map.get("max_buckets") {
+            Some(v) => json::integer_u32(v, "max_buckets", 1, MAX_BUCKETS)?,
+            None => DEFAULT_MAX_BUCKETS,
+        };
+        let stat_prefix = match map.get("stat_prefix") {
+            Some(v) => stat_prefix(v, "stat_prefix")?,
+            None => crate::stats::PREFIX.to_string(),
+        };
+        let prevent_caller_retries = match map.get("prevent_caller_retries") {
+            Some(v) => json::boolean(v, "prevent_caller_retries")?,
+            None => true,
+        };
         let mode = match map.get("mode").map(|v| (v, v.as_str())) {
             None => Mode::Downstream,
             Some((_, Some("downstream"))) => Mode::Downstream,
@@ -345,6 +455,10 @@ impl Settings {
             injection_switch,
             health,
             mode,
+            bucket_by,
+            max_buckets,
+            stat_prefix,
+            prevent_caller_retries,
         })
     }
 
@@ -389,7 +503,13 @@ pub fn check_route_name(name: &str, path: &str) -> Result<(), ConfigError> {
     if name == DEFAULT_ROUTE {
         return Err(err(
             path,
-            "\"default\" is the bucket of unconfigured routes; configure it at the top level",
+            "\"default\" (Istio's name for its generated routes) is never a bucket: requests on such routes are bucketed by their upstream cluster; key the entry by the cluster name",
+        ));
+    }
+    if name == OVERFLOW_BUCKET || name.contains(['\n', '\r', '\0']) {
+        return Err(err(
+            path,
+            "not a route or cluster name (reserved, or holds a line break or NUL)",
         ));
     }
     if name.len() > MAX_ROUTE_NAME_LEN {

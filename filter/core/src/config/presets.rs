@@ -2,6 +2,7 @@
 //! `config/presets/*.json` and `docs/configuration.md` state the same values; a test keeps them
 //! in step.
 
+use super::breaker::ErrorClassifier;
 use super::codes::{GrpcSet, StatusSet};
 use super::retry::RetryPolicy;
 use super::{BreakerPolicy, RoutePolicy};
@@ -55,6 +56,7 @@ impl Environment {
             budget: budget::Policy::default(),
             trust_client_headers: false,
             count_attempts: false,
+            enable_circuit_breaker: true,
         }
     }
 
@@ -82,6 +84,8 @@ impl Environment {
             ignored_status_codes: StatusSet::codes(&[501]),
             failure_grpc_status: GrpcSet::of(&DEFAULT_FAILURE_GRPC),
             count_connect_failures: true,
+            enable_metrics: true,
+            error_classifier: ErrorClassifier,
         };
         let circuit_breaker = match self {
             Self::Production => production,

@@ -36,6 +36,9 @@ pub struct RetryPolicy {
     /// is still a failure of the upstream), and the placement before the router records only
     /// HALF_OPEN probes.
     pub count_attempts: bool,
+    /// Marty's `enable_circuit_breaker`: no retries for a HALF_OPEN probe (the breaker decides
+    /// from one try). Off, a probe is retried like any request.
+    pub enable_circuit_breaker: bool,
 }
 
 /// Envoy's retry headers: the ones the filter sets from the policy, and every one a client
@@ -127,6 +130,7 @@ pub const MAX_BUDGET_WINDOW_NS: u64 = 300 * NANOS_PER_SEC;
 section! {
     /// One layer's partial `retry` section: only the fields that layer sets.
     pub struct RetryPatch for RetryPolicy {
+        @before_apply enable_when_configured;
         enabled: value(bool, enabled, boolean, plain),
         max_attempts: value(u32, max_attempts, u32_in(1, MAX_ATTEMPTS), plain),
         retry_on: list(Vec<String>, retry_on, retry_on, plain),
@@ -143,6 +147,8 @@ section! {
         budget: object(BudgetPatch),
         trust_client_headers: value(bool, trust_client_headers, boolean, plain),
         count_attempts: value(bool, count_attempts, boolean, plain),
+        enable_circuit_breaker: value(bool, enable_circuit_breaker, boolean, plain),
+        enable_adaptive_delays: value(bool, backoff.adaptive, boolean, plain),
     }
 }
 
@@ -153,6 +159,15 @@ section! {
         min_retries_per_second:
             value(u32, budget.min_retries_per_second, u32_in(0, u32::MAX), plain),
         window: value(u64, budget.window_ns, budget_window, seconds),
+    }
+}
+
+/// A layer that configures retries without saying `enabled` asks for retries: the guide's
+/// `retry` section (max_attempts, base_delay, backoff_strategy, ...) has no switch, and
+/// retries. Presets keep retries off; `"enabled": false` in a layer keeps them off there.
+fn enable_when_configured(patch: &RetryPatch, policy: &mut RetryPolicy) {
+    if patch.enabled.is_none() && *patch != RetryPatch::default() {
+        policy.enabled = true;
     }
 }
 

@@ -8,7 +8,7 @@ use crate::breaker::{self, Record, State, Ticket};
 use crate::host::Host;
 use crate::retry::budget;
 use crate::routes::Route;
-use crate::stats::RouteStats;
+use crate::stats::{RouteStats, Stat};
 
 pub struct BucketState {
     /// The latest resolution of the bucket's route (policy may change with metadata).
@@ -22,11 +22,14 @@ pub struct BucketState {
     /// `circuit_opened_total` as it stood before the read that last showed the breaker
     /// CLOSED (see [`breaker::admit_cached`]).
     pub opened_as_of_view: Cell<Option<u64>>,
+    /// The route's `enable_metrics`, as of its latest resolution.
+    metrics_on: Cell<bool>,
 }
 
 impl BucketState {
     pub fn new(route: Route, stats: RouteStats) -> Self {
         Self {
+            metrics_on: Cell::new(route.policy.circuit_breaker.enable_metrics),
             route: RefCell::new(Rc::new(route)),
             stats,
             view: RefCell::new(None),
@@ -37,6 +40,21 @@ impl BucketState {
 
     pub fn route(&self) -> Rc<Route> {
         self.route.borrow().clone()
+    }
+
+    /// Takes a new resolution of the bucket's route (its policy may have changed).
+    pub fn set_route(&self, route: Route) {
+        self.metrics_on
+            .set(route.policy.circuit_breaker.enable_metrics);
+        *self.route.borrow_mut() = Rc::new(route);
+    }
+
+    /// Adds `n` to a per-request counter, unless the route has `enable_metrics: false`.
+    /// (Gauges and transition counters, which the filter reads, are never skipped.)
+    pub fn count<H: Host>(&self, host: &H, counter: Stat, n: i64) {
+        if self.metrics_on.get() {
+            counter.add(host, n);
+        }
     }
 
     /// Admission from this VM's view when no worker can have opened the breaker since: one

@@ -30,12 +30,13 @@ pub fn answer<H: Host>(plugin: &Plugin<H>, endpoint: Endpoint) {
     }
 
     let now = plugin.now();
-    let mut names: BTreeSet<String> = registry::registered(host).into_iter().collect();
+    let prefix = &plugin.settings.stat_prefix;
+    let mut names: BTreeSet<String> = registry::registered(host, prefix).into_iter().collect();
     names.extend(plugin.bucket_names());
     let rows: Vec<_> = names
         .into_iter()
         .map(|name| {
-            let record = breaker::load(host, &keys::breaker(&name))
+            let record = breaker::load(host, &keys::breaker(prefix, &name))
                 .map(|(record, _, _)| record)
                 .unwrap_or_default();
             let policy = plugin.bucket_policy(&name);

@@ -3,7 +3,7 @@
 //! resolve its route with one property read, and the tick's housekeeping.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use log::{error, warn};
@@ -11,11 +11,11 @@ use log::{error, warn};
 use super::bucket::BucketState;
 use super::scheduler::{Parked, Scheduler, TICK_MS};
 use crate::breaker::{self, Now, Record, Step, Transition, Updated};
-use crate::config::{RoutePolicy, Settings, DEFAULT_ROUTE};
+use crate::config::{RoutePolicy, Settings, OVERFLOW_BUCKET};
 use crate::fault::AbortPolicy;
 use crate::host::Host;
-use crate::routes::{resolve, Route};
-use crate::stats::{PluginStats, RouteStats, PREFIX};
+use crate::routes::{named_by, resolve, NamedBy, Route};
+use crate::stats::{PluginStats, RouteStats};
 use crate::store::UpdateError;
 use crate::{keys, pbstruct, registry, retry::budget, NANOS_PER_SEC};
 
@@ -39,7 +39,8 @@ pub struct ThenAbort {
 }
 
 struct Cached {
-    bucket: Rc<BucketState>,
+    /// `None`: requests on this route have no upstream cluster, so no bucket.
+    bucket: Option<Rc<BucketState>>,
     /// The cache epoch it was resolved in; the tick moves the epoch every
     /// [`ROUTE_REFRESH_NS`], so a request never needs the clock to know its entry is stale.
     epoch: u64,
@@ -50,7 +51,12 @@ pub struct Plugin<H: Host> {
     pub settings: Settings,
     pub stats: PluginStats,
     buckets: RefCell<HashMap<String, Rc<BucketState>>>,
+    /// Buckets by Envoy route name (route-named buckets).
     by_route: RefCell<HashMap<String, Cached>>,
+    /// Buckets by upstream cluster name (cluster-named buckets).
+    by_cluster: RefCell<HashMap<String, Cached>>,
+    /// Names sent to the overflow bucket and warned about (bounded).
+    overflow_warned: RefCell<HashSet<String>>,
     /// Stat names in use, by bucket: two buckets must not share one.
     stat_names: RefCell<HashMap<String, String>>,
     pub scheduler: Scheduler<ThenAbort>,
@@ -70,11 +76,13 @@ impl<H: Host> Plugin<H> {
             .unix_ms()
             .saturating_sub(host.monotonic_ns() / 1_000_000);
         let plugin = Self {
-            stats: PluginStats::define(&host, PREFIX),
+            stats: PluginStats::define(&host, &settings.stat_prefix),
             host,
             settings,
             buckets: RefCell::new(HashMap::new()),
             by_route: RefCell::new(HashMap::new()),
+            by_cluster: RefCell::new(HashMap::new()),
+            overflow_warned: RefCell::new(HashSet::new()),
             stat_names: RefCell::new(HashMap::new()),
             scheduler: Scheduler::default(),
             wall_offset_ms,
@@ -82,15 +90,13 @@ impl<H: Host> Plugin<H> {
             route_epoch: Cell::new(0),
             route_epoch_started_ns: Cell::new(0),
         };
-        let mut initial = vec![Route::new(DEFAULT_ROUTE, plugin.settings.defaults.clone())];
-        initial.extend(
-            plugin
-                .settings
-                .routes
-                .iter()
-                .map(|(name, policy)| Route::new(name, policy.clone())),
-        );
-        for route in initial {
+        let configured: Vec<Route> = plugin
+            .settings
+            .routes
+            .iter()
+            .map(|(name, policy)| Route::new(&plugin.settings.stat_prefix, name, policy.clone()))
+            .collect();
+        for route in configured {
             plugin.bucket(route);
         }
         plugin
@@ -104,22 +110,74 @@ impl<H: Host> Plugin<H> {
         }
     }
 
-    /// The bucket for `route`, created (stats defined, key ensured) on first sight.
+    /// The bucket for `route`, created (stats defined, key ensured, registered) on first sight;
+    /// the overflow bucket when the instance has `max_buckets` buckets already or the name
+    /// cannot be one (its stat name is another bucket's).
     fn bucket(&self, route: Route) -> Rc<BucketState> {
         if let Some(bucket) = self.buckets.borrow().get(&route.bucket) {
-            *bucket.route.borrow_mut() = Rc::new(route);
+            bucket.set_route(route);
             return bucket.clone();
         }
+        if route.bucket != OVERFLOW_BUCKET {
+            if let Some(reason) = self.refuse(&route) {
+                return self.overflow(&route.bucket, reason);
+            }
+        }
+        self.create(route)
+    }
+
+    /// Why `route` cannot have a bucket of its own, if it cannot.
+    fn refuse(&self, route: &Route) -> Option<&'static str> {
+        let max = self.settings.max_buckets as usize;
+        if self.buckets.borrow().len() >= max {
+            return Some("max_buckets reached");
+        }
+        if let Some(other) = self.stat_name_taken(route) {
+            error!(
+                "bucket {:?}: its stat name {:?} is already used by bucket {other:?}",
+                route.bucket, route.stat_name
+            );
+            return Some("stat name taken");
+        }
+        match registry::register(&self.host, &self.settings.stat_prefix, &route.bucket, max) {
+            Ok(true) => None,
+            Ok(false) => Some("max_buckets reached"),
+            Err(e) => {
+                // Shared data unavailable: the bucket is created (fail open), just not listed.
+                self.store_failed(&keys::registry(&self.settings.stat_prefix), e);
+                None
+            }
+        }
+    }
+
+    fn overflow(&self, name: &str, reason: &str) -> Rc<BucketState> {
+        let mut warned = self.overflow_warned.borrow_mut();
+        if warned.len() < MAX_CACHED_ROUTES && warned.insert(name.to_string()) {
+            warn!("bucket {name:?} shares the overflow bucket: {reason}");
+            self.stats.buckets_overflow.inc(&self.host);
+        }
+        drop(warned);
+        let existing = self.buckets.borrow().get(OVERFLOW_BUCKET).cloned();
+        existing.unwrap_or_else(|| {
+            let _ = registry::register(
+                &self.host,
+                &self.settings.stat_prefix,
+                OVERFLOW_BUCKET,
+                self.settings.max_buckets as usize + 1,
+            );
+            self.create(resolve(&self.settings, OVERFLOW_BUCKET, None).route)
+        })
+    }
+
+    fn create(&self, route: Route) -> Rc<BucketState> {
         if let Err(e) = breaker::ensure(&self.host, &route.key) {
             self.store_failed(&route.key, e);
-        }
-        if let Err(e) = registry::register(&self.host, &route.bucket) {
-            self.store_failed(&keys::registry(), e);
         }
         self.stat_names
             .borrow_mut()
             .insert(route.stat_name.clone(), route.bucket.clone());
-        let stats = RouteStats::define(&self.host, &RouteStats::scope(PREFIX, &route.stat_name));
+        let scope = RouteStats::scope(&self.settings.stat_prefix, &route.stat_name);
+        let stats = RouteStats::define(&self.host, &scope);
         let name = route.bucket.clone();
         let bucket = Rc::new(BucketState::new(route, stats));
         self.buckets.borrow_mut().insert(name, bucket.clone());
@@ -186,20 +244,46 @@ impl<H: Host> Plugin<H> {
         }
     }
 
-    /// Resolves the Envoy route `name` (empty for unnamed routes) to its bucket.
-    pub fn resolve(&self, name: &str) -> Rc<BucketState> {
+    /// The bucket of a request on the Envoy route `route_name` (empty for unnamed routes);
+    /// `None` when the request has no upstream cluster (no route, `direct_response`,
+    /// redirect): no breaker counts it. A route-named bucket costs no host call once cached;
+    /// a cluster-named one reads the cluster name on every request.
+    pub fn bucket_for(&self, route_name: &str) -> Option<Rc<BucketState>> {
         let epoch = self.route_epoch.get();
-        if let Some(cached) = self.by_route.borrow().get(name) {
-            if cached.epoch == epoch {
-                return cached.bucket.clone();
+        match named_by(self.settings.bucket_by, route_name) {
+            NamedBy::Route => {
+                if let Some(cached) = self.by_route.borrow().get(route_name) {
+                    if cached.epoch == epoch {
+                        return cached.bucket.clone();
+                    }
+                }
+                // Whether the route goes upstream at all is a property of the route: learned
+                // once per route and refresh, not per request.
+                let bucket = self
+                    .host
+                    .property(&["xds", "cluster_name"])
+                    .map(|_| self.resolve_route(route_name));
+                cache(&self.by_route, route_name, bucket.clone(), epoch);
+                bucket
+            }
+            NamedBy::Cluster => {
+                let cluster = self.host.property(&["xds", "cluster_name"])?;
+                let cluster = String::from_utf8(cluster).ok()?;
+                if let Some(cached) = self.by_cluster.borrow().get(&cluster) {
+                    if cached.epoch == epoch {
+                        return cached.bucket.clone();
+                    }
+                }
+                let bucket = self.bucket(resolve(&self.settings, &cluster, None).route);
+                cache(&self.by_cluster, &cluster, Some(bucket.clone()), epoch);
+                Some(bucket)
             }
         }
-        // Unnamed routes cannot be told apart, so they never carry their own entry.
-        let metadata = if name.is_empty() {
-            None
-        } else {
-            self.host.property(&["xds", "route_metadata"])
-        };
+    }
+
+    /// The bucket of the named route `name`, with its route metadata.
+    fn resolve_route(&self, name: &str) -> Rc<BucketState> {
+        let metadata = self.host.property(&["xds", "route_metadata"]);
         let decoded = match metadata
             .as_deref()
             .map(|m| pbstruct::filter_metadata(m, NAMESPACE))
@@ -212,31 +296,12 @@ impl<H: Host> Plugin<H> {
             }
             None => None,
         };
-        let mut resolution = resolve(&self.settings, name, decoded.as_ref());
+        let resolution = resolve(&self.settings, name, decoded.as_ref());
         if let Some(err) = resolution.metadata_error {
             error!("route {name}: route metadata rejected, plugin configuration applies: {err}");
             self.stats.route_config_rejected.inc(&self.host);
         }
-        if let Some(other) = self.stat_name_taken(&resolution.route) {
-            error!(
-                "route {name}: its stat name {:?} is already used by route {other:?}; route metadata ignored",
-                resolution.route.stat_name
-            );
-            self.stats.route_config_rejected.inc(&self.host);
-            resolution = resolve(&self.settings, name, None);
-        }
-        let bucket = self.bucket(resolution.route);
-        let mut cache = self.by_route.borrow_mut();
-        if cache.len() < MAX_CACHED_ROUTES || cache.contains_key(name) {
-            cache.insert(
-                name.to_string(),
-                Cached {
-                    bucket: bucket.clone(),
-                    epoch,
-                },
-            );
-        }
-        bucket
+        self.bucket(resolution.route)
     }
 
     /// Runs a breaker step on `bucket` with CAS, and reports what it did to the stats.
@@ -296,7 +361,7 @@ impl<H: Host> Plugin<H> {
     /// Adds this worker's retry-budget counts to the route's shared record and keeps the
     /// budget as it now stands: requests decide on it until the next tick.
     fn flush_budget(&self, bucket: &BucketState, route: &Route, now_ns: u64) {
-        let key = keys::budget(&route.bucket);
+        let key = keys::budget(&self.settings.stat_prefix, &route.bucket);
         let mut state = bucket.budget.borrow_mut();
         let (pending, snapshot) = &mut *state;
         match budget::flush(
@@ -369,5 +434,17 @@ impl<H: Host> Plugin<H> {
             }
         }
         true
+    }
+}
+
+fn cache(
+    map: &RefCell<HashMap<String, Cached>>,
+    name: &str,
+    bucket: Option<Rc<BucketState>>,
+    epoch: u64,
+) {
+    let mut map = map.borrow_mut();
+    if map.len() < MAX_CACHED_ROUTES || map.contains_key(name) {
+        map.insert(name.to_string(), Cached { bucket, epoch });
     }
 }

@@ -35,20 +35,45 @@ impl Rejection {
         }
     }
 
-    /// The `x-marty-circuit` value.
-    fn circuit(self) -> &'static str {
+    /// What the reply says it is: `x-marty-circuit: open | half-open` for the breaker,
+    /// `x-marty-bulkhead: full` for `max_concurrent_requests`.
+    fn marker(self) -> (&'static str, String) {
         match self {
-            Self::Open => "open",
-            Self::HalfOpen => "half-open",
-            Self::Concurrency => "closed",
+            Self::Open => ("x-marty-circuit", "open".to_string()),
+            Self::HalfOpen => ("x-marty-circuit", "half-open".to_string()),
+            Self::Concurrency => ("x-marty-bulkhead", "full".to_string()),
         }
     }
 }
 
+/// What a calling Envoy reads on a rejection: `x-envoy-ratelimited` makes its router give up
+/// instead of retrying (unless its policy names `envoy-ratelimited`), which `x-envoy-overloaded`
+/// alone would not (Envoy retries an overloaded 503 since 1.15); `x-envoy-overloaded` is
+/// Envoy's own mark of a circuit-broken drop, for the caller's logs and stats.
+const NO_CALLER_RETRY: [(&str, &str); 2] = [
+    ("x-envoy-ratelimited", "true"),
+    ("x-envoy-overloaded", "true"),
+];
+
 /// 503 with `retry-after` for HTTP; trailers-only `UNAVAILABLE` with `grpc-retry-pushback-ms`
 /// for gRPC.
-pub fn rejection(reason: Rejection, retry_after_ns: u64, grpc: bool) -> LocalReply {
-    let circuit = ("x-marty-circuit", reason.circuit().to_string());
+pub fn rejection(
+    reason: Rejection,
+    retry_after_ns: u64,
+    grpc: bool,
+    prevent_caller_retries: bool,
+) -> LocalReply {
+    let mut reply = rejection_reply(reason, retry_after_ns, grpc);
+    if prevent_caller_retries {
+        reply
+            .headers
+            .extend(NO_CALLER_RETRY.map(|(n, v)| (n, v.to_string())));
+    }
+    reply
+}
+
+fn rejection_reply(reason: Rejection, retry_after_ns: u64, grpc: bool) -> LocalReply {
+    let circuit = reason.marker();
     if grpc {
         let pushback_ms = retry_after_ns
             .div_ceil(NANOS_PER_SEC / 1000)

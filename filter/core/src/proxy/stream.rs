@@ -73,8 +73,14 @@ impl<H: Host> Stream<H> {
         if self.plugin.settings.mode == Mode::Upstream {
             return self.on_upstream_try(&route_name);
         }
-        if self.plugin.settings.health.enabled {
-            // Only here does every request pay for reading its path.
+        let health = &self.plugin.settings.health;
+        if health.enabled
+            && health
+                .route
+                .as_deref()
+                .is_none_or(|route| route == route_name)
+        {
+            // Without `health.route`, every request pays for reading its path here.
             let path = self.request_path();
             if let Some(endpoint) = health::endpoint(&self.plugin.settings.health, &path) {
                 health_endpoint::answer(&self.plugin, endpoint);
@@ -82,9 +88,12 @@ impl<H: Host> Stream<H> {
             }
             self.path = Some(path);
         }
-        let bucket = self.plugin.resolve(&route_name);
+        let Some(bucket) = self.plugin.bucket_for(&route_name) else {
+            // No upstream cluster: nothing for a breaker, a fault or a retry to act on.
+            return Action::Continue;
+        };
         self.bucket = Some(bucket.clone());
-        bucket.stats.requests.inc(self.host());
+        bucket.count(self.host(), bucket.stats.requests, 1);
 
         let route = bucket.route();
         let fault = if route.policy.failure_injection.enabled {
@@ -176,7 +185,7 @@ impl<H: Host> Stream<H> {
                 ) {
                     // A probe's lease is given back at once.
                     self.release(Outcome::Ignored);
-                    bucket.stats.concurrency_rejected.inc(self.host());
+                    bucket.count(self.host(), bucket.stats.concurrency_rejected, 1);
                     return self.reject(bucket, Rejection::Concurrency, 0);
                 }
                 self.active = true;
@@ -198,13 +207,18 @@ impl<H: Host> Stream<H> {
 
     /// Answers locally: 503 for HTTP, a trailers-only UNAVAILABLE for gRPC.
     fn reject(&mut self, bucket: &BucketState, reason: Rejection, retry_after_ns: u64) -> Action {
-        bucket.stats.rejected.inc(self.host());
+        bucket.count(self.host(), bucket.stats.rejected, 1);
         debug!(
             "route {}: rejected ({})",
             bucket.route.borrow().bucket,
             reason.details()
         );
-        self.send(&reply::rejection(reason, retry_after_ns, self.is_grpc()))
+        self.send(&reply::rejection(
+            reason,
+            retry_after_ns,
+            self.is_grpc(),
+            self.plugin.settings.prevent_caller_retries,
+        ))
     }
 
     /// Ends the request's part in the breaker exactly once, whichever callback comes first.
@@ -219,9 +233,9 @@ impl<H: Host> Stream<H> {
             return;
         };
         match outcome {
-            Outcome::Success => bucket.stats.success.inc(self.host()),
+            Outcome::Success => bucket.count(self.host(), bucket.stats.success, 1),
             Outcome::Failure => {
-                bucket.stats.failure.inc(self.host());
+                bucket.count(self.host(), bucket.stats.failure, 1);
                 if self.retries_enabled {
                     bucket.budget.borrow_mut().0.failure();
                 }

@@ -110,6 +110,10 @@ pub struct Backoff {
     pub polynomial_degree: u32,
     /// Share of the delay `exponential_jitter` may take off, in `[0, 1]`.
     pub jitter: f64,
+    /// Marty's `enable_adaptive_delays`: any strategy's delay is scaled by the route's failure
+    /// ratio as `adaptive` scales its own (×0.5 when nothing fails, ×2 when everything does),
+    /// then capped.
+    pub adaptive: bool,
 }
 
 impl Backoff {
@@ -122,6 +126,7 @@ impl Backoff {
             multiplier: DEFAULT_MULTIPLIER,
             polynomial_degree: DEFAULT_POLYNOMIAL_DEGREE,
             jitter: DEFAULT_JITTER,
+            adaptive: false,
         }
     }
 
@@ -129,6 +134,15 @@ impl Backoff {
     /// the route's recent failure ratio (used by `adaptive`) and a random draw in `[0, 1)`
     /// (used by `exponential_jitter`). At most `max_delay`; total for any inputs.
     pub fn delay(&self, retry: u32, failure_ratio: f64, draw: f64) -> u64 {
+        let delay = self.strategy_delay(retry, failure_ratio, draw);
+        if self.adaptive && self.strategy != Strategy::Adaptive {
+            let f = unit(failure_ratio, 1.0);
+            return scale(delay, (2.0 * f - 1.0).exp2(), self.max_delay);
+        }
+        delay
+    }
+
+    fn strategy_delay(&self, retry: u32, failure_ratio: f64, draw: f64) -> u64 {
         let k = retry.max(1);
         let base = self.base_delay;
         let cap = self.max_delay;

@@ -17,7 +17,8 @@ pub enum Suppressed {
     Budget,
 }
 
-/// The `x-envoy-max-retries` a request gets: the policy's, unless it is a probe or the
+/// The `x-envoy-max-retries` a request gets: the policy's, unless it is a probe (with
+/// `enable_circuit_breaker`, the default) or the
 /// budget (as of the last flush plus this worker's unflushed counts) has no room for a retry.
 pub fn max_retries(
     policy: &RetryPolicy,
@@ -25,7 +26,7 @@ pub fn max_retries(
     snapshot: Option<&budget::Snapshot>,
     pending: &budget::Pending,
 ) -> Result<u32, Suppressed> {
-    if is_probe {
+    if is_probe && policy.enable_circuit_breaker {
         return Err(Suppressed::Probe);
     }
     if snapshot.is_some_and(|s| !s.allows_retry_with(pending, &policy.budget)) {

@@ -19,13 +19,13 @@ impl<H: Host> Stream<H> {
             return;
         };
         let kind = if fault.abort.is_some() {
-            bucket.stats.faults_aborted.inc(self.host());
+            bucket.count(self.host(), bucket.stats.faults_aborted, 1);
             "abort"
         } else {
             "delay"
         };
         if fault.delay.is_some() {
-            bucket.stats.faults_delayed.inc(self.host());
+            bucket.count(self.host(), bucket.stats.faults_delayed, 1);
         }
         self.host().set_filter_state("marty.resilience.fault", kind);
         self.host()
@@ -75,7 +75,7 @@ impl<H: Host> Stream<H> {
             bucket.stats.active_faults,
             policy.max_active_faults,
         ) {
-            bucket.stats.faults_overflow.inc(self.host());
+            bucket.count(self.host(), bucket.stats.faults_overflow, 1);
             debug!("route {route}: fault not injected, max_active_faults reached");
             return None;
         }
@@ -100,7 +100,7 @@ impl<H: Host> Stream<H> {
             match trigger::parse(&value) {
                 Ok(spec) => requested = Some((spec, Trigger::Metadata)),
                 Err(invalid) => {
-                    bucket.stats.fault_header_rejected.inc(host);
+                    bucket.count(host, bucket.stats.fault_header_rejected, 1);
                     debug!(
                         "route {route}: failure_inject metadata ignored: {}",
                         invalid.reason()
@@ -139,7 +139,7 @@ impl<H: Host> Stream<H> {
     ) -> Option<(Spec, Trigger)> {
         let header_trigger = &policy.header_trigger;
         let refused = |reason: &str| {
-            bucket.stats.fault_header_rejected.inc(self.host());
+            bucket.count(self.host(), bucket.stats.fault_header_rejected, 1);
             debug!(
                 "route {route}: {} header ignored: {reason}",
                 header_trigger.header

@@ -19,7 +19,9 @@ impl<H: Host> Stream<H> {
     /// `x-envoy-attempt-count`, which the virtual host's `include_request_attempt_count` adds) is
     /// held for the route's backoff delay before it goes out; the first try passes at once.
     pub(super) fn on_upstream_try(&mut self, route_name: &str) -> Action {
-        let bucket = self.plugin.resolve(route_name);
+        let Some(bucket) = self.plugin.bucket_for(route_name) else {
+            return Action::Continue;
+        };
         self.bucket = Some(bucket.clone());
         let route = bucket.route();
         let policy = &route.policy.retry;
@@ -47,7 +49,7 @@ impl<H: Host> Stream<H> {
         if attempt < 2 {
             return Action::Continue;
         }
-        bucket.stats.retry_attempts.inc(self.host());
+        bucket.count(self.host(), bucket.stats.retry_attempts, 1);
         let failure_ratio = bucket
             .budget
             .borrow()
@@ -79,11 +81,11 @@ impl<H: Host> Stream<H> {
             match retry::max_retries(policy, is_probe, snapshot.as_ref(), pending) {
                 Ok(n) => n,
                 Err(Suppressed::Probe) => {
-                    bucket.stats.retries_suppressed_breaker.inc(self.host());
+                    bucket.count(self.host(), bucket.stats.retries_suppressed_breaker, 1);
                     0
                 }
                 Err(Suppressed::Budget) => {
-                    bucket.stats.retries_suppressed_budget.inc(self.host());
+                    bucket.count(self.host(), bucket.stats.retries_suppressed_budget, 1);
                     debug!(
                         "route {}: retry budget spent; no retries",
                         bucket.route.borrow().bucket
@@ -127,10 +129,7 @@ impl<H: Host> Stream<H> {
         if retries == 0 {
             return;
         }
-        bucket
-            .stats
-            .retry_attempts
-            .add(self.host(), i64::from(retries));
+        bucket.count(self.host(), bucket.stats.retry_attempts, i64::from(retries));
         let mut budget = bucket.budget.borrow_mut();
         for _ in 0..retries {
             budget.0.retry();
