@@ -6,6 +6,7 @@
 //! the upstream. The filter's own local replies never get here: they are never admitted.
 
 pub use crate::breaker::Outcome;
+use crate::config::codes::{GRPC_DEADLINE_EXCEEDED, GRPC_UNAVAILABLE};
 use crate::config::BreakerPolicy;
 
 /// Bits of Envoy's `response.flags` property (`StreamInfo::CoreResponseFlag` indices).
@@ -89,9 +90,6 @@ pub fn needs_flags(policy: &BreakerPolicy, r: &Response) -> bool {
         );
     !r.complete || envoy_fault_status || by_status(policy, r) != Some(Outcome::Success)
 }
-
-const GRPC_DEADLINE_EXCEEDED: u32 = 4;
-const GRPC_UNAVAILABLE: u32 = 14;
 
 pub fn classify(policy: &BreakerPolicy, r: &Response) -> Outcome {
     let flags = r.flags.unwrap_or(0);

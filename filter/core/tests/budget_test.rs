@@ -545,6 +545,8 @@ impl SharedStore for Contended {
 }
 
 #[test]
+// wasm32-wasip1 has no threads (spawning fails): this runs natively only.
+#[cfg_attr(target_family = "wasm", ignore = "needs threads")]
 fn four_workers_flushing_concurrently_lose_no_count() {
     const WORKERS: u64 = 4;
     const TICKS: u64 = 400;

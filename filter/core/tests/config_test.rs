@@ -1072,6 +1072,23 @@ fn bad_grpc_items_are_named_by_index() {
     assert_eq!(e(json!([true])), format!("g[0]: expected {what}, got true"));
 }
 
+#[test]
+fn named_grpc_codes_are_the_codes_of_their_names() {
+    use marty_resilience_core::config::codes::{
+        GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL, GRPC_UNAVAILABLE, GRPC_UNKNOWN,
+    };
+    for (code, name) in [
+        (GRPC_UNKNOWN, "UNKNOWN"),
+        (GRPC_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+        (GRPC_INTERNAL, "INTERNAL"),
+        (GRPC_UNAVAILABLE, "UNAVAILABLE"),
+    ] {
+        assert_eq!(grpc_code(name), Some(code), "{name}");
+    }
+    // A fault that names no gRPC status aborts with UNAVAILABLE.
+    assert_eq!(fault::DEFAULT_GRPC_STATUS, GRPC_UNAVAILABLE);
+}
+
 // ---------------------------------------------------------------- round trips
 
 #[test]

@@ -536,6 +536,8 @@ fn storm_policy() -> BreakerPolicy {
 }
 
 #[test]
+// wasm32-wasip1 has no threads (spawning fails): these run natively only.
+#[cfg_attr(target_family = "wasm", ignore = "needs threads")]
 fn workers_hammering_one_breaker_lose_no_update_and_report_each_transition_once() {
     let seed = base_seed(0x57_0A11);
     run(
@@ -552,6 +554,8 @@ fn workers_hammering_one_breaker_lose_no_update_and_report_each_transition_once(
 }
 
 #[test]
+// wasm32-wasip1 has no threads (spawning fails): these run natively only.
+#[cfg_attr(target_family = "wasm", ignore = "needs threads")]
 fn eight_workers_with_one_probe_slot_and_short_streaks() {
     let seed = base_seed(0x57_0A12);
     run(

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::codes::{GrpcSet, StatusSet};
-use super::json::{boolean, err, expected, join};
+use super::json::{boolean, cap_below_floor, expected};
 use super::section::{duration, plain, seconds, section, strategy_name, u32_in, Section};
 use super::ConfigError;
 use crate::retry::backoff::Strategy;
@@ -133,13 +133,12 @@ pub fn validate(policy: &BreakerPolicy, path: &str) -> Result<(), ConfigError> {
     // The ceiling only matters when the open period grows; a fixed one ignores it.
     let grows = policy.recovery_backoff != crate::retry::backoff::Strategy::Fixed;
     if grows && policy.max_recovery_timeout < policy.recovery_timeout {
-        return Err(err(
-            &join(path, "max_recovery_timeout"),
-            format!(
-                "must be >= recovery_timeout ({}), got {}",
-                crate::duration::display(policy.recovery_timeout),
-                crate::duration::display(policy.max_recovery_timeout)
-            ),
+        return Err(cap_below_floor(
+            path,
+            "max_recovery_timeout",
+            policy.max_recovery_timeout,
+            "recovery_timeout",
+            policy.recovery_timeout,
         ));
     }
     Ok(())

@@ -78,6 +78,12 @@ fn http_code(value: &Value, path: &str) -> Result<u16, ConfigError> {
         .ok_or_else(|| expected(path, "an HTTP status code (100-599)", value))
 }
 
+/// gRPC status codes the filter itself names (the rest are only read, by name or number).
+pub const GRPC_UNKNOWN: u32 = 2;
+pub const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+pub const GRPC_INTERNAL: u32 = 13;
+pub const GRPC_UNAVAILABLE: u32 = 14;
+
 /// The canonical gRPC status names, indexed by code.
 pub const GRPC_STATUS_NAMES: [&str; 17] = [
     "OK",

@@ -45,7 +45,7 @@ pub fn default_policy() -> FaultPolicy {
         method_specific_rates: MethodRates::default(),
         abort: AbortPolicy {
             http_status: 503,
-            grpc_status: 14,
+            grpc_status: crate::fault::DEFAULT_GRPC_STATUS,
         },
         delay: DelayPolicy {
             duration: NANOS_PER_SEC / 4,

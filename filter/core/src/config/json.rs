@@ -47,6 +47,25 @@ pub fn unknown_field(path: &str, allowed: &[&str]) -> ConfigError {
     }
 }
 
+/// A duration that caps another (`max_delay` over `base_delay`) set below it; the two may come
+/// from different layers, so the message names both values.
+pub fn cap_below_floor(
+    section: &str,
+    cap: &str,
+    cap_value: u64,
+    floor: &str,
+    floor_value: u64,
+) -> ConfigError {
+    err(
+        &join(section, cap),
+        format!(
+            "must be >= {floor} ({}), got {}",
+            duration::display(floor_value),
+            duration::display(cap_value)
+        ),
+    )
+}
+
 pub fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()

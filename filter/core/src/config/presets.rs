@@ -3,7 +3,9 @@
 //! in step.
 
 use super::breaker::ErrorClassifier;
-use super::codes::{GrpcSet, StatusSet};
+use super::codes::{
+    GrpcSet, StatusSet, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL, GRPC_UNAVAILABLE, GRPC_UNKNOWN,
+};
 use super::retry::RetryPolicy;
 use super::{BreakerPolicy, RoutePolicy};
 use crate::retry::backoff::{Backoff, Strategy};
@@ -22,8 +24,13 @@ pub enum Environment {
     Testing,
 }
 
-/// gRPC codes that mean "the server side failed": UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE.
-const DEFAULT_FAILURE_GRPC: [u32; 4] = [2, 4, 13, 14];
+/// gRPC codes that mean "the server side failed".
+const DEFAULT_FAILURE_GRPC: [u32; 4] = [
+    GRPC_UNKNOWN,
+    GRPC_DEADLINE_EXCEEDED,
+    GRPC_INTERNAL,
+    GRPC_UNAVAILABLE,
+];
 
 const fn secs(s: u64) -> u64 {
     s * NANOS_PER_SEC

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::json::{array, boolean, err, expected, integer, join};
+use super::json::{array, boolean, cap_below_floor, err, expected, integer};
 use super::section::{
     duration, duration_or_zero, plain, seconds, section, strategy_name, u32_in, Section,
 };
@@ -279,13 +279,12 @@ fn number_in(min: f64, max: f64) -> impl Fn(&Value, &str) -> Result<f64, ConfigE
 pub fn validate(policy: &RetryPolicy, path: &str) -> Result<(), ConfigError> {
     let backoff = &policy.backoff;
     if backoff.max_delay < backoff.base_delay {
-        return Err(err(
-            &join(path, "max_delay"),
-            format!(
-                "must be >= base_delay ({}), got {}",
-                crate::duration::display(backoff.base_delay),
-                crate::duration::display(backoff.max_delay)
-            ),
+        return Err(cap_below_floor(
+            path,
+            "max_delay",
+            backoff.max_delay,
+            "base_delay",
+            backoff.base_delay,
         ));
     }
     Ok(())

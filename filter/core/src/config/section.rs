@@ -1,5 +1,5 @@
 //! One declaration per configuration field. A section (`circuit_breaker`, `retry`,
-//! `failure_injection`, and the objects nested in them) is a [`section!`] table with one row
+//! `failure_injection`, `health`, and the objects nested in them) is a `section!` table with one row
 //! per field; the table generates the layer's partial form (the "patch"), the field list of
 //! "unknown field" errors, the JSON reader, the environment-variable names and reader, the
 //! overlay onto the resolved policy, and the resolved policy as JSON.
@@ -19,6 +19,12 @@
 //! rows, `@before_apply f;` runs `f(patch, policy)` before the fields are laid over, and
 //! `@variables objects_last;` lists the variables of nested objects after the section's own
 //! instead of in place (the order "unknown variable" errors give).
+//!
+//! Adding a field is then: its row, the policy field its `place` names, its value in each preset
+//! (`presets.rs`; the compiler asks), and its docs: `config/marty-resilience.schema.json` and
+//! `docs/configuration.md` (`config_files_test` asks), and a value in
+//! `config_sections_test::everything_changed` (that test asks), which carries it through JSON,
+//! `to_json` and its variable.
 
 use serde_json::Value;
 

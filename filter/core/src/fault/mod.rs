@@ -14,7 +14,7 @@ pub mod header;
 use header::Spec;
 
 /// The gRPC status of a fault that names none.
-pub const DEFAULT_GRPC_STATUS: u32 = 14;
+pub const DEFAULT_GRPC_STATUS: u32 = crate::config::codes::GRPC_UNAVAILABLE;
 
 /// What aborts look like on a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
