@@ -581,6 +581,18 @@ impl Envoy {
         Ok(())
     }
 
+    /// The port of the listener `name` (for bootstraps with more than the `ingress` one).
+    pub fn listener_port(&self, name: &str) -> Option<u16> {
+        let (_, body) = self.admin_get("/listeners?format=json").ok()?;
+        let json: Value = serde_json::from_str(&body).ok()?;
+        json["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)
+            .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+    }
+
     fn admin_get(&self, path: &str) -> Result<(u16, String), String> {
         let resp = client::http1(self.admin_port, "GET", path, &[])?;
         Ok((resp.status, resp.text()))

@@ -37,10 +37,10 @@ fn opens_exactly_once_when_many_concurrent_requests_fail_on_both_workers() {
             "round {round}: {results:?}"
         );
     }
-    wait_state(&envoy, "default", 1);
+    wait_state(&envoy, "upstream", 1);
     assert_both_workers_served(&envoy);
     assert_eq!(
-        value(&envoy, "default", "circuit_opened_total"),
+        value(&envoy, "upstream", "circuit_opened_total"),
         1,
         "one trip, whatever the number of workers and concurrent failures"
     );
@@ -50,7 +50,7 @@ fn opens_exactly_once_when_many_concurrent_requests_fail_on_both_workers() {
         "at least failure_threshold failures got through: {reached}"
     );
     assert_eq!(
-        value(&envoy, "default", "failure_total") + value(&envoy, "default", "rejected_total"),
+        value(&envoy, "upstream", "failure_total") + value(&envoy, "upstream", "rejected_total"),
         72
     );
 
@@ -75,7 +75,7 @@ fn half_open_admits_exactly_max_probes_across_workers() {
     let envoy = envoy(&upstream, config, vec![RouteSpec::unnamed("/")]);
 
     http1(envoy.port(), "GET", "/", &answer("trip", "500")).unwrap();
-    wait_state(&envoy, "default", 2);
+    wait_state(&envoy, "upstream", 2);
 
     // 20 concurrent requests; the probes that get through stay at the upstream for 1.5 s, so
     // their slots are held while all the others arrive.
@@ -91,7 +91,7 @@ fn half_open_admits_exactly_max_probes_across_workers() {
         .filter(|r| r.status == 503)
         .all(|r| r.header("x-marty-circuit") == Some("half-open")));
     // Two successes of five needed: still half-open, slots free again.
-    assert_eq!(value(&envoy, "default", "circuit_state"), 2);
+    assert_eq!(value(&envoy, "upstream", "circuit_state"), 2);
 }
 
 #[test]
@@ -119,16 +119,18 @@ fn max_concurrent_requests_caps_requests_in_flight_across_workers() {
     );
     assert_eq!(upstream.count("c") as i64, 12 - rejected);
     assert_eq!(
-        value(&envoy, "default", "concurrency_rejected_total"),
+        value(&envoy, "upstream", "concurrency_rejected_total"),
         rejected
     );
     assert!(results
         .iter()
         .filter(|r| r.status == 503)
-        .all(|r| r.header("x-marty-circuit") == Some("closed")));
-    envoy.wait_for_stat(&stat("default", "active_requests"), |v| v == 0, WAIT);
+        .all(|r| r.header("x-marty-bulkhead") == Some("full")
+            && r.header("x-marty-circuit").is_none()
+            && r.header("x-envoy-ratelimited") == Some("true")));
+    envoy.wait_for_stat(&stat("upstream", "active_requests"), |v| v == 0, WAIT);
     // Over-capacity rejections are not upstream failures.
-    assert_eq!(value(&envoy, "default", "circuit_opened_total"), 0);
+    assert_eq!(value(&envoy, "upstream", "circuit_opened_total"), 0);
 }
 
 #[test]
@@ -142,10 +144,10 @@ fn clients_that_disconnect_release_their_slots() {
     let a = RawClient::send(envoy.port(), "GET", "/", &headers);
     let b = RawClient::send(envoy.port(), "GET", "/", &headers);
     upstream.wait_for_count("gone", 2, WAIT);
-    assert_eq!(value(&envoy, "default", "active_requests"), 2);
+    assert_eq!(value(&envoy, "upstream", "active_requests"), 2);
     a.close();
     b.close();
-    envoy.wait_for_stat(&stat("default", "active_requests"), |v| v == 0, WAIT);
+    envoy.wait_for_stat(&stat("upstream", "active_requests"), |v| v == 0, WAIT);
 
     // The slots are free again: two more requests are admitted.
     http1_abort_after_headers(envoy.port(), "/", &headers, || {
@@ -153,9 +155,9 @@ fn clients_that_disconnect_release_their_slots() {
     });
     let ok = http1(envoy.port(), "GET", "/", &[("x-test-key", "ok")]).unwrap();
     assert_eq!(ok.status, 200);
-    envoy.wait_for_stat(&stat("default", "active_requests"), |v| v == 0, WAIT);
+    envoy.wait_for_stat(&stat("upstream", "active_requests"), |v| v == 0, WAIT);
     // A client going away says nothing about the upstream.
-    assert_eq!(value(&envoy, "default", "failure_total"), 0);
+    assert_eq!(value(&envoy, "upstream", "failure_total"), 0);
 }
 
 #[test]
@@ -170,7 +172,7 @@ fn a_probe_that_never_reports_back_frees_its_slot_after_the_probe_timeout() {
         vec![RouteSpec::unnamed("/").timeout(Duration::from_secs(30))],
     );
     http1(envoy.port(), "GET", "/", &answer("trip", "500")).unwrap();
-    wait_state(&envoy, "default", 2);
+    wait_state(&envoy, "upstream", 2);
 
     // The probe hangs at the upstream far longer than its lease.
     let stuck = RawClient::send(

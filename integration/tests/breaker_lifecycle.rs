@@ -50,8 +50,8 @@ fn opens_after_consecutive_failures_and_stops_forwarding() {
     assert_eq!(value(&envoy, "users", "rejected_total"), 2);
     assert_eq!(value(&envoy, "users", "requests_total"), 5);
     assert_eq!(value(&envoy, "users", "circuit_state"), 1);
-    // The unconfigured routes' bucket saw nothing.
-    assert_eq!(value(&envoy, "default", "requests_total"), 0);
+    // The unnamed route's bucket (its cluster) saw nothing: it does not even exist.
+    assert_eq!(envoy.stat(&stat("upstream", "requests_total")), None);
 }
 
 #[test]
@@ -124,13 +124,13 @@ fn a_success_resets_the_failure_streak() {
         let r = http1(envoy.port(), "GET", "/", &answer("d", status)).unwrap();
         assert_eq!(r.status.to_string(), status);
     }
-    assert_eq!(value(&envoy, "default", "circuit_state"), 0);
-    assert_eq!(value(&envoy, "default", "circuit_opened_total"), 0);
-    assert_eq!(value(&envoy, "default", "failure_total"), 4);
-    assert_eq!(value(&envoy, "default", "success_total"), 1);
+    assert_eq!(value(&envoy, "upstream", "circuit_state"), 0);
+    assert_eq!(value(&envoy, "upstream", "circuit_opened_total"), 0);
+    assert_eq!(value(&envoy, "upstream", "failure_total"), 4);
+    assert_eq!(value(&envoy, "upstream", "success_total"), 1);
     // The third failure in a row opens it.
     http1(envoy.port(), "GET", "/", &answer("d", "500")).unwrap();
-    wait_state(&envoy, "default", 1);
+    wait_state(&envoy, "upstream", 1);
 }
 
 #[test]

@@ -30,12 +30,12 @@ fn client_errors_and_ignored_codes_do_not_trip() {
         let r = http1(envoy.port(), "GET", "/", &answer("s", status)).unwrap();
         assert_eq!(r.status.to_string(), status);
     }
-    assert_eq!(value(&envoy, "default", "circuit_state"), 0);
-    assert_eq!(value(&envoy, "default", "success_total"), 4);
+    assert_eq!(value(&envoy, "upstream", "circuit_state"), 0);
+    assert_eq!(value(&envoy, "upstream", "success_total"), 4);
     // 429 was listed explicitly, so it counts.
     http1(envoy.port(), "GET", "/", &answer("s", "429")).unwrap();
-    wait_state(&envoy, "default", 1);
-    assert_eq!(value(&envoy, "default", "failure_total"), 1);
+    wait_state(&envoy, "upstream", 1);
+    assert_eq!(value(&envoy, "upstream", "failure_total"), 1);
 }
 
 fn grpc_envoy(upstream: &Upstream) -> Envoy {
@@ -54,12 +54,12 @@ fn grpc_status_in_trailers_is_classified() {
     for code in ["0", "5"] {
         grpc_unary(envoy.port(), GRPC_PATH, &[("x-upstream-grpc-status", code)]).unwrap();
     }
-    assert_eq!(value(&envoy, "default", "circuit_state"), 0);
-    assert_eq!(value(&envoy, "default", "success_total"), 2);
+    assert_eq!(value(&envoy, "upstream_h2", "circuit_state"), 0);
+    assert_eq!(value(&envoy, "upstream_h2", "success_total"), 2);
     // INTERNAL in the trailers is.
     let reply = grpc_unary(envoy.port(), GRPC_PATH, &[("x-upstream-grpc-status", "13")]).unwrap();
     assert_eq!(reply.code, tonic::Code::Internal);
-    wait_state(&envoy, "default", 1);
+    wait_state(&envoy, "upstream_h2", 1);
 }
 
 #[test]
@@ -76,8 +76,8 @@ fn grpc_status_of_a_trailers_only_reply_is_classified() {
     )
     .unwrap();
     assert_eq!(reply.code, tonic::Code::DeadlineExceeded);
-    wait_state(&envoy, "default", 1);
-    assert_eq!(value(&envoy, "default", "failure_total"), 1);
+    wait_state(&envoy, "upstream_h2", 1);
+    assert_eq!(value(&envoy, "upstream_h2", "failure_total"), 1);
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn upstream_resets_count_only_when_connect_failures_count() {
     );
     let r = http1(counting.port(), "GET", "/", &[("x-upstream-reset", "1")]).unwrap();
     assert_eq!(r.status, 503, "Envoy answers the reset itself");
-    wait_state(&counting, "default", 1);
+    wait_state(&counting, "upstream", 1);
 
     let not_counting = envoy(
         &upstream,
@@ -107,9 +107,9 @@ fn upstream_resets_count_only_when_connect_failures_count() {
         .unwrap();
         assert_eq!(r.status, 503);
     }
-    assert_eq!(value(&not_counting, "default", "circuit_state"), 0);
-    assert_eq!(value(&not_counting, "default", "failure_total"), 0);
-    assert_eq!(value(&not_counting, "default", "success_total"), 0);
+    assert_eq!(value(&not_counting, "upstream", "circuit_state"), 0);
+    assert_eq!(value(&not_counting, "upstream", "failure_total"), 0);
+    assert_eq!(value(&not_counting, "upstream", "success_total"), 0);
 }
 
 #[test]
@@ -126,7 +126,7 @@ fn connect_failures_count() {
     let r = http1(envoy.port(), "GET", "/", &[]).unwrap();
     assert_eq!(r.status, 503);
     // 503 is not in failure_status_codes: only the connect failure itself opened the breaker.
-    wait_state(&envoy, "default", 1);
+    wait_state(&envoy, "upstream", 1);
     let r = http1(envoy.port(), "GET", "/", &[]).unwrap();
     assert_eq!(r.header("x-marty-circuit"), Some("open"));
 }

@@ -71,13 +71,13 @@ fn environment_variables_override_the_plugin_json() {
     // 500 is no longer a failure; 418 is, and two of them open the breaker.
     http1(envoy.port(), "GET", "/", &answer("e", "500")).unwrap();
     http1(envoy.port(), "GET", "/", &answer("e", "418")).unwrap();
-    assert_eq!(value(&envoy, "default", "circuit_state"), 0);
+    assert_eq!(value(&envoy, "upstream", "circuit_state"), 0);
     http1(envoy.port(), "GET", "/", &answer("e", "418")).unwrap();
-    wait_state(&envoy, "default", 1);
+    wait_state(&envoy, "upstream", 1);
 }
 
 #[test]
-fn routes_get_their_own_buckets_and_everything_else_shares_default() {
+fn named_routes_get_their_own_buckets_and_unnamed_ones_their_clusters() {
     let upstream = Upstream::start();
     let config = json!({
         "circuit_breaker": {"failure_threshold": 100},
@@ -92,19 +92,21 @@ fn routes_get_their_own_buckets_and_everything_else_shares_default() {
             RouteSpec::unnamed("/"),
         ],
     );
-    // Requests on a named-but-unconfigured route and on an unnamed route, with arbitrary
-    // paths, all land in `default`: client input never creates buckets.
+    // A named route not in the plugin JSON gets its own bucket with the top-level policy;
+    // requests on the unnamed route, whatever their paths, share their cluster's. Names come
+    // from Envoy's route and cluster tables: client input never creates buckets.
     for path in ["/orders/1", "/orders/2?x=y", "/anything", "/a/b/c"] {
         http1(envoy.port(), "GET", path, &answer("d", "200")).unwrap();
     }
-    assert_eq!(value(&envoy, "default", "requests_total"), 4);
-    assert!(envoy.stat(&stat("orders", "requests_total")).is_none());
+    assert_eq!(value(&envoy, "orders", "requests_total"), 2);
+    assert_eq!(value(&envoy, "upstream", "requests_total"), 2);
     assert!(!envoy.stats().keys().any(|k| k.contains("anything")));
 
-    // `users` trips on its own threshold without touching `default`.
+    // `users` trips on its own threshold without touching the others.
     http1(envoy.port(), "GET", "/users", &answer("u", "500")).unwrap();
     wait_state(&envoy, "users", 1);
-    assert_eq!(value(&envoy, "default", "circuit_state"), 0);
+    assert_eq!(value(&envoy, "upstream", "circuit_state"), 0);
+    assert_eq!(value(&envoy, "orders", "circuit_state"), 0);
     let r = http1(envoy.port(), "GET", "/orders", &answer("d", "200")).unwrap();
     assert_eq!(r.status, 200);
 }
@@ -136,10 +138,10 @@ fn route_metadata_wins_over_the_plugin_json() {
         "recovery_timeout from metadata: {retry_after}"
     );
 
-    // A route that only the metadata names still gets its own bucket.
+    // Another route's metadata applies to its own bucket only.
     http1(envoy.port(), "GET", "/payments", &answer("p", "503")).unwrap();
     wait_state(&envoy, "payments", 1);
-    assert_eq!(value(&envoy, "default", "requests_total"), 0);
+    assert_eq!(envoy.stat(&stat("upstream", "requests_total")), None);
 }
 
 #[test]
@@ -184,7 +186,10 @@ fn prometheus_shows_the_route_as_a_label() {
         text.contains("marty_resilience_route_requests_total{marty_route=\"users\"} 1"),
         "{text}"
     );
-    assert!(text.contains("marty_resilience_route_circuit_state{marty_route=\"default\"} 0"));
+    assert!(
+        !text.contains("marty_route=\"upstream\""),
+        "no request took the unnamed route"
+    );
     assert!(
         !text
             .lines()

@@ -359,7 +359,7 @@ fn a_host_call_envoy_refuses_is_absorbed_by_the_filter_not_the_policy() {
             WAIT,
         );
         envoy.wait_for_log(
-            "marty.resilience/v1/cb/users: shared data call failed with status 10",
+            "marty_resilience/v1/cb/users: shared data call failed with status 10",
             WAIT,
         );
         envoy.wait_for_stat(

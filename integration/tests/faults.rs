@@ -467,8 +467,8 @@ fn base_failure_rate_aborts_the_configured_share_of_requests() {
         "{aborted} aborts of {N} at rate 0.2: outside [{low:.0}, {high:.0}]"
     );
     assert_eq!(upstream.count("rate"), N - aborted);
-    wait_counter(&envoy, "default", "faults_aborted_total", aborted as i64);
-    assert_eq!(value(&envoy, "default", "fault_header_rejected_total"), 0);
+    wait_counter(&envoy, "upstream", "faults_aborted_total", aborted as i64);
+    assert_eq!(value(&envoy, "upstream", "fault_header_rejected_total"), 0);
     assert_both_workers_served(&envoy);
 }
 
@@ -508,11 +508,11 @@ fn the_header_rate_applies_per_request() {
     assert_eq!(aborts("rate=1;abort=503", 40), 40);
     wait_counter(
         &envoy,
-        "default",
+        "upstream",
         "faults_aborted_total",
         (aborted + 40) as i64,
     );
-    assert_eq!(value(&envoy, "default", "fault_header_rejected_total"), 0);
+    assert_eq!(value(&envoy, "upstream", "fault_header_rejected_total"), 0);
 }
 
 #[test]
@@ -577,7 +577,7 @@ fn method_specific_rates_prefer_exact_paths_then_the_longest_prefix() {
     );
     wait_counter(
         &envoy,
-        "default",
+        "upstream",
         "faults_aborted_total",
         (5 * 40 + aborted) as i64,
     );
@@ -1070,7 +1070,7 @@ fn the_environment_switch_injects_on_every_route() {
     assert!(is_injected_abort(&r, 503), "{r:?}");
     assert_eq!(upstream.total(), 0);
     wait_counter(&envoy, "orders", "faults_aborted_total", 2);
-    wait_counter(&envoy, "default", "faults_aborted_total", 2);
+    wait_counter(&envoy, "upstream", "faults_aborted_total", 2);
     // Injected, so never a failure: the one-failure breaker stays closed.
     assert_eq!(value(&envoy, "orders", "circuit_state"), 0);
 }
@@ -1146,7 +1146,7 @@ fn routes_without_injection_pass_the_trigger_header_through() {
         ],
     );
 
-    for (path, route) in [("/plain", "plain"), ("/else", "default")] {
+    for (path, route) in [("/plain", "plain"), ("/else", "upstream")] {
         for trigger in ["true", "abort=418", "bogus"] {
             let r = http1(
                 envoy.port(),

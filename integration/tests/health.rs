@@ -109,7 +109,7 @@ fn off_by_default_the_paths_go_upstream() {
         );
     }
     assert_eq!(upstream.count("h"), 3);
-    assert_eq!(value(&envoy, "default", "requests_total"), 3);
+    assert_eq!(value(&envoy, "upstream", "requests_total"), 3);
 
     // "enabled": false is the same.
     let upstream = Upstream::start();
@@ -138,13 +138,13 @@ fn all_closed_answers_200_with_the_documented_json() {
         (before.saturating_sub(1000)..=after + 1000).contains(&at),
         "timestamp {at} outside [{before}, {after}]"
     );
-    assert_eq!(route_names(&json), names(&["default", "orders", "users"]));
+    assert_eq!(route_names(&json), names(&["orders", "users"]));
     for (name, route) in json["routes"].as_object().into_iter().flatten() {
         assert_eq!(route["state"], "closed", "{name}");
         assert_eq!(route["healthy"], true, "{name}");
         assert_eq!(route["trips"], 0, "{name}");
         assert_eq!(route["last_transition_unix_ms"], Value::Null, "{name}");
-        // Configured routes and `default` are set up by every worker: settings always shown.
+        // Configured routes are set up by every worker: settings always shown.
         assert!(route.get("circuit_breaker").is_some(), "{name}: {route}");
     }
     assert_eq!(
@@ -173,7 +173,7 @@ fn all_closed_answers_200_with_the_documented_json() {
         "the endpoint never reaches the upstream"
     );
     // Nor does it count as traffic on any route.
-    for route in ["default", "users", "orders"] {
+    for route in ["users", "orders"] {
         assert_eq!(value(&envoy, route, "requests_total"), 0, "{route}");
     }
 
@@ -234,10 +234,8 @@ fn a_tripped_route_turns_the_answer_to_503() {
         (before.saturating_sub(1000)..=after + 1000).contains(&changed),
         "last transition {changed} outside [{before}, {after}]"
     );
-    for other in ["default", "orders"] {
-        assert_eq!(json["routes"][other]["state"], "closed", "{other}");
-        assert_eq!(json["routes"][other]["healthy"], true, "{other}");
-    }
+    assert_eq!(json["routes"]["orders"]["state"], "closed");
+    assert_eq!(json["routes"]["orders"]["healthy"], true);
 
     let report = get(&envoy, "GET", REPORT, &[]);
     assert_eq!(report.status, 503);
@@ -255,16 +253,16 @@ fn a_tripped_route_turns_the_answer_to_503() {
             "service: user_service",
             "environment: production",
             "overall: DEGRADED",
-            "routes: 3",
+            "routes: 2",
         ],
         "{text}"
     );
-    assert_eq!(lines.len(), 8, "one line per route:\n{text}");
+    assert_eq!(lines.len(), 7, "one line per route:\n{text}");
     let order: Vec<&str> = lines[5..]
         .iter()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(order, ["default", "orders", "users"], "sorted by route");
+    assert_eq!(order, ["orders", "users"], "sorted by route");
     let rows = report_rows(&text);
     for (route, fields) in &rows {
         let facts = &json["routes"][route.as_str()];
@@ -282,8 +280,8 @@ fn a_tripped_route_turns_the_answer_to_503() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("half_open_in of users: {text}"));
     assert!(half_open_in > 0.0 && half_open_in <= 30.0, "{text}");
-    assert_eq!(rows["default"]["half_open_in"], "-");
-    assert_eq!(rows["default"]["last_transition"], "never");
+    assert_eq!(rows["orders"]["half_open_in"], "-");
+    assert_eq!(rows["orders"]["last_transition"], "never");
     assert!(rows["users"]["last_transition"].ends_with('Z'), "{text}");
 
     // Only the one failing request ever reached the upstream.
@@ -382,7 +380,7 @@ fn every_worker_reports_the_same_routes() {
     let upstream = Upstream::start();
     let envoy = start(&upstream, json!({"enabled": true}));
     let validator = validator();
-    let expected = names(&["default", "orders", "users"]);
+    let expected = names(&["orders", "users"]);
     for i in 0..SAMPLES {
         let reply = get(&envoy, "GET", HEALTH, &[]);
         assert_eq!(reply.status, 200, "reply {i}");
@@ -413,7 +411,7 @@ fn a_route_met_by_one_worker_is_reported_by_every_worker() {
     let before = status_json(&validator, &get(&envoy, "GET", HEALTH, &[]));
     assert_eq!(
         route_names(&before),
-        names(&["default", "orders", "users"]),
+        names(&["orders", "users"]),
         "no request took inventory yet"
     );
 
@@ -429,7 +427,7 @@ fn a_route_met_by_one_worker_is_reported_by_every_worker() {
         let json = status_json(&validator, &reply);
         assert_eq!(
             route_names(&json),
-            names(&["default", "inventory", "orders", "users"]),
+            names(&["inventory", "orders", "users"]),
             "reply {i}"
         );
         let inventory = &json["routes"]["inventory"];

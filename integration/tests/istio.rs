@@ -616,7 +616,7 @@ fn stats_settings_include_and_tag_the_filter_stats() {
     for route in routes
         .keys()
         .map(|r| stat_route(r))
-        .chain(["default".into()])
+        .chain(["outbound_8080__reviews_default_svc_cluster_local".into()])
     {
         let name = format!("wasmcustom.marty_resilience.route.{route}.requests_total");
         let caps = regex

@@ -278,7 +278,7 @@ fn every_filter_metric_is_scraped_per_route_with_its_documented_type() {
     };
 
     // Per-route metrics: one sample per route, labelled, typed as documented, equal to /stats.
-    let routes = ["default", "users", "orders", "reports", "inventory_v1"];
+    let routes = ["upstream", "users", "orders", "reports", "inventory_v1"];
     let route_metrics: Vec<(&String, &str)> = names
         .route_counters
         .iter()
@@ -385,7 +385,7 @@ fn every_filter_metric_is_scraped_per_route_with_its_documented_type() {
     assert_eq!(v("success_total", "reports"), 2.0 - turned_away);
     assert_eq!(v("active_requests", "reports"), 0.0);
 
-    for route in ["inventory_v1", "default"] {
+    for route in ["inventory_v1", "upstream"] {
         assert_eq!(v("requests_total", route), 1.0, "{route}");
         assert_eq!(v("success_total", route), 1.0, "{route}");
         assert_eq!(v("circuit_state", route), 0.0, "{route}");
@@ -564,11 +564,12 @@ fn every_dashboard_metric_exists_in_a_live_scrape() {
         }
     }
     assert!(missing.is_empty(), "not in the scrape: {missing:#?}");
-    // The label the variable lists is there, for the configured route and `default`.
+    // The label the variable lists is there, for the configured route (the unnamed route's
+    // bucket, its cluster, exists only once a request takes it).
     let labelled: BTreeSet<&str> = scrape
         .iter()
         .filter(|s| s.metric == "marty_resilience_route_requests_total")
         .filter_map(|s| s.labels.get(MARTY_ROUTE_TAG_NAME).map(String::as_str))
         .collect();
-    assert_eq!(labelled, BTreeSet::from(["default", "users"]));
+    assert_eq!(labelled, BTreeSet::from(["users"]));
 }

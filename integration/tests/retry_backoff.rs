@@ -140,18 +140,18 @@ fn with_count_attempts_every_failed_try_counts_toward_the_breaker() {
         assert_eq!(r.status, 503);
         assert_eq!(upstream.count(&id), 3, "three tries");
         if count_attempts {
-            // The plugin JSON configures the top level: the route uses the `default` bucket.
-            common::wait_state(&envoy, "default", 1);
+            // The plugin JSON configures the top level: the route `users` gets it, in its own bucket.
+            common::wait_state(&envoy, "users", 1);
             let r = http1(envoy.port(), "GET", "/users", &[("x-test-key", "next")]).unwrap();
             assert_eq!(r.header("x-marty-circuit"), Some("open"));
             assert_eq!(upstream.count("next"), 0);
         } else {
             envoy.wait_for_stat(
-                &common::stat("default", "failure_total"),
+                &common::stat("users", "failure_total"),
                 |v| v == 1,
                 common::WAIT,
             );
-            assert_eq!(common::value(&envoy, "default", "circuit_state"), 0);
+            assert_eq!(common::value(&envoy, "users", "circuit_state"), 0);
         }
     }
 }

@@ -1480,3 +1480,39 @@ fn docs_retry_table_matches_the_presets() -> Result<(), String> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// The Marty guide's own configuration loads unchanged and means what the guide says.
+#[test]
+fn the_guides_configuration_loads_and_means_what_the_guide_says() -> Result<(), String> {
+    let parse_file = |name: &str| -> Result<Settings, String> {
+        let config = read_json(&config_dir().join(name))?;
+        Settings::parse(config.to_string().as_bytes(), &[]).map_err(|e| format!("{name}: {e}"))
+    };
+    let production = parse_file("examples/guide-production.json")?;
+    let policy = &production.defaults;
+    assert_eq!(policy.circuit_breaker.failure_threshold, 5);
+    assert_eq!(policy.circuit_breaker.recovery_timeout, 30 * NANOS_PER_SEC);
+    assert!(policy.circuit_breaker.enable_metrics);
+    // A retry section without `enabled` retries, as the guide's does.
+    assert!(policy.retry.enabled);
+    assert_eq!(policy.retry.max_attempts, 5);
+    assert_eq!(policy.retry.backoff.base_delay, NANOS_PER_SEC / 5);
+    assert_eq!(policy.retry.backoff.max_delay, 60 * NANOS_PER_SEC);
+    assert_eq!(
+        policy.retry.backoff.strategy,
+        marty_resilience_core::retry::backoff::Strategy::ExponentialJitter
+    );
+    assert!(policy.retry.backoff.adaptive);
+    assert!(!policy.failure_injection.enabled);
+
+    let fields = parse_file("examples/guide-field-names.json")?;
+    let policy = &fields.defaults;
+    assert_eq!(policy.circuit_breaker.half_open_success_threshold, 2);
+    assert_eq!(
+        policy.circuit_breaker.failure_reset_timeout,
+        60 * NANOS_PER_SEC
+    );
+    assert_eq!(policy.circuit_breaker.max_concurrent_requests, 10);
+    assert!(policy.retry.enabled && policy.retry.enable_circuit_breaker);
+    Ok(())
+}
