@@ -24,7 +24,7 @@ pub const WASM_CUSTOM_PREFIX: &str = "wasmcustom.";
 /// Stats tag extractor for per-route filter metrics: the first group is cut out of the
 /// name, the second becomes the `marty_route` tag value. Tag extractors see the name
 /// with its `wasmcustom.` prefix (checked on Envoy 1.40 with a probe module).
-pub const MARTY_ROUTE_TAG_REGEX: &str = r"^wasmcustom\.marty_resilience\.route\.((.+?)\.)[a-z_]+$";
+pub const MARTY_ROUTE_TAG_REGEX: &str = r"^wasmcustom\.[A-Za-z0-9_]+\.route\.((.+?)\.)[a-z_]+$";
 pub const MARTY_ROUTE_TAG_NAME: &str = "marty_route";
 
 /// Filter-chain key the route metadata goes under.
