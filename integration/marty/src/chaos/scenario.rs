@@ -309,8 +309,12 @@ fn parse_duration(text: &str) -> Result<f64, String> {
 pub fn load(path: &Path, vars: &BTreeMap<String, String>) -> Result<Scenario> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let text = substitute(&text, vars).with_context(|| format!("{}", path.display()))?;
-    let scenario: Scenario =
+    // Through JSON values: YAML's own enum form is a `!tag`, while scenarios write an
+    // expectation as a one-key map (`- breaker: {...}`), as JSON does.
+    let value: serde_json::Value =
         serde_norway::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let scenario: Scenario = serde_json::from_value(value)
+        .with_context(|| format!("{}: not a scenario (config/chaos-scenario.schema.json)", path.display()))?;
     check(&scenario).with_context(|| format!("{}", path.display()))?;
     Ok(scenario)
 }
