@@ -21,6 +21,11 @@ pub enum ChaosCommand {
     /// Run scenario files (or every *.yaml of a directory); exit 0 only when every
     /// expectation held.
     Run(RunArgs),
+    /// Read scenario files and report what is wrong with them, without running anything.
+    Check {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -68,6 +73,23 @@ pub struct RunArgs {
 pub fn run(command: ChaosCommand) -> Result<ExitCode> {
     match command {
         ChaosCommand::Run(args) => run_scenarios(args),
+        ChaosCommand::Check { scenarios } => {
+            let mut bad = 0;
+            for f in scenario_files(&scenarios)? {
+                match scenario::load(&f, &BTreeMap::new(), true) {
+                    Ok(s) => println!("ok    {}: {} step(s)", f.display(), s.steps.len()),
+                    Err(e) => {
+                        bad += 1;
+                        println!("error {e:#}");
+                    }
+                }
+            }
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
 }
 
@@ -88,7 +110,7 @@ fn run_scenarios(args: RunArgs) -> Result<ExitCode> {
     let files = scenario_files(&args.scenarios)?;
     let mut scenarios = Vec::new();
     for f in &files {
-        scenarios.push((f.display().to_string(), scenario::load(f, &vars)?));
+        scenarios.push((f.display().to_string(), scenario::load(f, &vars, false)?));
     }
 
     let target = match &local {
@@ -114,20 +136,37 @@ fn run_scenarios(args: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let clients = runtime.block_on(async { traffic::Clients::new() });
-    let mut results = Vec::new();
-    for (file, s) in &scenarios {
-        let result = runtime.block_on(runner::run(s, file, &target, &clients));
-        eprintln!(
-            "{} {} ({:.1}s)",
-            if result.passed { "PASS" } else { "FAIL" },
-            result.name,
-            result.duration_s
-        );
-        results.push(result);
-    }
+    let outcome = runtime.block_on(async {
+        let run_all = async {
+            let clients = traffic::Clients::new();
+            let mut results = Vec::new();
+            for (file, s) in &scenarios {
+                let result = runner::run(s, file, &target, &clients).await;
+                eprintln!(
+                    "{} {} ({:.1}s)",
+                    if result.passed { "PASS" } else { "FAIL" },
+                    result.name,
+                    result.duration_s
+                );
+                results.push(result);
+            }
+            results
+        };
+        tokio::select! {
+            results = run_all => Ok(results),
+            signal = interrupted() => Err(signal),
+        }
+    });
     runtime.shutdown_background();
+    // Stops the local Envoys, also when interrupted: a run never leaves them behind.
     drop(local);
+    let results = match outcome {
+        Ok(r) => r,
+        Err(signal) => {
+            eprintln!("interrupted ({signal}); stopped");
+            return Ok(ExitCode::from(130));
+        }
+    };
 
     print!("{}", report::text(&results));
 
@@ -170,6 +209,21 @@ fn run_scenarios(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Resolves on Ctrl-C or SIGTERM, naming which.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

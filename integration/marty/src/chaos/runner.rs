@@ -362,8 +362,9 @@ fn evaluate(
 ) -> ExpectationResult {
     let counter = |admin: AdminName, name: &str| -> Result<i64, String> {
         match (before.of(admin), after.of(admin)) {
-            (Some(b), Some(a)) => delta(b, a, name)
-                .ok_or_else(|| format!("no stat {name} in {admin:?} Envoy's /stats")),
+            (Some(b), Some(a)) => {
+                delta(b, a, name).ok_or_else(|| format!("no stat {name} in {admin} Envoy's /stats"))
+            }
             _ => Err("no --server-admin given".to_string()),
         }
     };

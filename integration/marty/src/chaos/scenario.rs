@@ -132,6 +132,15 @@ pub enum AdminName {
     Server,
 }
 
+impl fmt::Display for AdminName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Caller => "caller",
+            Self::Server => "server",
+        })
+    }
+}
+
 /// Where a breaker's state is read.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -306,15 +315,20 @@ fn parse_duration(text: &str) -> Result<f64, String> {
 
 /// Reads a scenario, replacing `${NAME}` (and `${NAME:-default}`) with `vars`, then the
 /// process environment, then the default.
-pub fn load(path: &Path, vars: &BTreeMap<String, String>) -> Result<Scenario> {
+/// With `lenient`, a variable that is not set stays as written (for `marty chaos check`).
+pub fn load(path: &Path, vars: &BTreeMap<String, String>, lenient: bool) -> Result<Scenario> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let text = substitute(&text, vars).with_context(|| format!("{}", path.display()))?;
+    let text = substitute(&text, vars, lenient).with_context(|| format!("{}", path.display()))?;
     // Through JSON values: YAML's own enum form is a `!tag`, while scenarios write an
     // expectation as a one-key map (`- breaker: {...}`), as JSON does.
     let value: serde_json::Value =
         serde_norway::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    let scenario: Scenario = serde_json::from_value(value)
-        .with_context(|| format!("{}: not a scenario (config/chaos-scenario.schema.json)", path.display()))?;
+    let scenario: Scenario = serde_json::from_value(value).with_context(|| {
+        format!(
+            "{}: not a scenario (config/chaos-scenario.schema.json)",
+            path.display()
+        )
+    })?;
     check(&scenario).with_context(|| format!("{}", path.display()))?;
     Ok(scenario)
 }
@@ -363,7 +377,7 @@ fn check(s: &Scenario) -> Result<()> {
     Ok(())
 }
 
-fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+fn substitute(text: &str, vars: &BTreeMap<String, String>, lenient: bool) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -384,6 +398,7 @@ fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
             .or_else(|| default.map(str::to_string));
         match value {
             Some(v) => out.push_str(&v),
+            None if lenient => out.push_str(&rest[start..start + 2 + end + 1]),
             None => {
                 bail!("${{{name}}} is not set (pass --var {name}=... or set it in the environment)")
             }
@@ -446,7 +461,7 @@ impl Expectation {
                 min,
                 max,
             } => format!(
-                "requests reaching cluster {cluster} ({admin:?} Envoy) {}",
+                "requests reaching cluster {cluster} ({admin} Envoy) {}",
                 bounds(&Bounds::of(*min, *max), "")
             ),
             Self::Retries {
@@ -457,11 +472,11 @@ impl Expectation {
                 max,
             } => match (route, cluster) {
                 (Some(r), _) => format!(
-                    "retries on route {r} ({admin:?} Envoy) {}",
+                    "retries on route {r} ({admin} Envoy) {}",
                     bounds(&Bounds::of(*min, *max), "")
                 ),
                 (None, Some(c)) => format!(
-                    "retries to cluster {c} ({admin:?} Envoy) {}",
+                    "retries to cluster {c} ({admin} Envoy) {}",
                     bounds(&Bounds::of(*min, *max), "")
                 ),
                 (None, None) => "retries".to_string(),
@@ -484,7 +499,7 @@ impl Expectation {
                 min,
                 max,
             } => format!(
-                "{} {name} ({admin:?} Envoy) {}",
+                "{} {name} ({admin} Envoy) {}",
                 if *gauge { "gauge" } else { "change of counter" },
                 bounds(&Bounds::of(*min, *max), "")
             ),

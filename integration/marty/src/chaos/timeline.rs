@@ -52,7 +52,7 @@ pub fn svg(r: &ScenarioResult) -> String {
 
     let rps_top = 70.0;
     let rps_h = 140.0;
-    let lanes_top = rps_top + rps_h + 40.0;
+    let lanes_top = rps_top + rps_h + 48.0;
     let lane_h = 22.0;
     let lat_top = lanes_top + lane_h * r.routes.len().max(1) as f64 + 40.0;
     let lat_h = 120.0;
@@ -126,13 +126,14 @@ pub fn svg(r: &ScenarioResult) -> String {
                     s,
                     r#"<rect x="{:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{color}"/>"#,
                     x(i as f64 * BIN),
-                    (bar_w - 1.0).max(0.5)
+                    (bar_w - 1.0).min(x(end) - x(i as f64 * BIN)).max(0.5)
                 );
             }
         }
     }
     axis(&mut s, rps_top + rps_h);
-    legend(&mut s, rps_top + rps_h + 16.0);
+    ticks(&mut s, rps_top + rps_h, end, &x);
+    legend(&mut s, rps_top + rps_h + 30.0);
 
     // Panel 2: breaker state lanes.
     for (lane, route) in r.routes.iter().enumerate() {
@@ -202,6 +203,7 @@ pub fn svg(r: &ScenarioResult) -> String {
         }
     }
     axis(&mut s, lat_top + lat_h);
+    ticks(&mut s, lat_top + lat_h, end, &x);
     let _ = writeln!(
         s,
         r##"<text x="{LEFT}" y="{:.1}" fill="dimgray"><tspan fill="#1e88e5">p50</tspan> and <tspan fill="#8e24aa">max</tspan> per {BIN}s, client-measured; time axis in seconds since the scenario started ({end:.1}s)</text>"##,
@@ -217,6 +219,28 @@ fn axis(s: &mut String, y: f64) {
         r#"<line x1="{LEFT}" y1="{y}" x2="{}" y2="{y}" stroke="darkgray"/>"#,
         WIDTH - RIGHT
     );
+}
+
+/// A mark and a label every second (every 5 s past 20 s, every 30 s past 2 min).
+fn ticks(s: &mut String, y: f64, end: f64, x: &dyn Fn(f64) -> f64) {
+    let step = if end > 120.0 {
+        30.0
+    } else if end > 20.0 {
+        5.0
+    } else {
+        1.0
+    };
+    let mut t = 0.0;
+    while t <= end {
+        let _ = writeln!(
+            s,
+            r#"<line x1="{0:.1}" y1="{y}" x2="{0:.1}" y2="{1}" stroke="darkgray"/><text x="{0:.1}" y="{2}" fill="gray" font-size="10" text-anchor="middle">{t}s</text>"#,
+            x(t),
+            y + 4.0,
+            y + 14.0
+        );
+        t += step;
+    }
 }
 
 fn legend(s: &mut String, y: f64) {
