@@ -20,7 +20,7 @@ use crate::source::parse_env;
 pub enum ChaosCommand {
     /// Run scenario files (or every *.yaml of a directory); exit 0 only when every
     /// expectation held.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Read scenario files and report what is wrong with them, without running anything.
     Check {
         #[arg(required = true)]
@@ -72,7 +72,7 @@ pub struct RunArgs {
 
 pub fn run(command: ChaosCommand) -> Result<ExitCode> {
     match command {
-        ChaosCommand::Run(args) => run_scenarios(args),
+        ChaosCommand::Run(args) => run_scenarios(*args),
         ChaosCommand::Check { scenarios } => {
             let mut bad = 0;
             for f in scenario_files(&scenarios)? {
