@@ -498,3 +498,56 @@ fn flatten<'a>(v: &'a Value, at: &str, out: &mut Vec<(String, &'a Value)>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{covers, variable_path};
+
+    #[test]
+    fn variables_map_to_the_fields_they_set() {
+        let cases = [
+            (
+                "MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+                "circuit_breaker.failure_threshold",
+            ),
+            ("MARTY_RESILIENCE_RETRY_BUDGET_RATIO", "retry.budget.ratio"),
+            ("MARTY_RESILIENCE_RETRY_BASE_DELAY", "retry.base_delay"),
+            (
+                "MARTY_RESILIENCE_FAILURE_INJECTION_HEADER_TRIGGER_TOKEN",
+                "failure_injection.header_trigger.token",
+            ),
+            (
+                "MARTY_RESILIENCE_FAILURE_INJECTION_ABORT_HTTP_STATUS",
+                "failure_injection.abort.http_status",
+            ),
+            (
+                "MARTY_FAILURE_INJECTION_RATE",
+                "failure_injection.base_failure_rate",
+            ),
+        ];
+        for (var, field) in cases {
+            assert_eq!(variable_path(var).as_deref(), Some(field), "{var}");
+        }
+        assert_eq!(variable_path("PATH"), None);
+    }
+
+    #[test]
+    fn a_named_field_covers_its_leaves_and_its_parent_object() {
+        assert!(covers(
+            "circuit_breaker.failure_threshold",
+            "circuit_breaker.failure_threshold"
+        ));
+        assert!(covers(
+            "failure_injection.method_specific_rates",
+            "failure_injection.method_specific_rates./a"
+        ));
+        assert!(covers(
+            "failure_injection.method_specific_rates./a",
+            "failure_injection.method_specific_rates"
+        ));
+        assert!(!covers(
+            "circuit_breaker.failure_threshold",
+            "circuit_breaker.failure_thresholds"
+        ));
+    }
+}

@@ -586,3 +586,18 @@ fn latency_summary(outcomes: &[Outcome]) -> Option<LatencySummary> {
         max_ms: percentile_of(&mut ms, 100.0)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::percentile_of;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile_of(&mut v, 50.0), Some(50.0));
+        assert_eq!(percentile_of(&mut v, 95.0), Some(95.0));
+        assert_eq!(percentile_of(&mut v, 100.0), Some(100.0));
+        assert_eq!(percentile_of(&mut [3.0, 1.0, 2.0], 1.0), Some(1.0));
+        assert_eq!(percentile_of(&mut [], 50.0), None);
+    }
+}

@@ -516,3 +516,47 @@ impl Bounds {
         self.min.is_none_or(|lo| v >= lo) && self.max.is_none_or(|hi| v <= hi)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(parse_duration("250ms"), Ok(0.25));
+        assert_eq!(parse_duration("3s"), Ok(3.0));
+        assert_eq!(parse_duration(" 1.5s "), Ok(1.5));
+        assert_eq!(parse_duration("2m"), Ok(120.0));
+        assert_eq!(parse_duration("4"), Ok(4.0));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn variables_come_from_vars_then_the_default() {
+        let vars: BTreeMap<String, String> = [("TOKEN".to_string(), "abc".to_string())].into();
+        assert_eq!(
+            substitute(
+                "t: ${TOKEN}, r: ${MARTY_TEST_UNSET_ROUTE:-users}",
+                &vars,
+                false
+            )
+            .ok(),
+            Some("t: abc, r: users".to_string())
+        );
+        assert!(substitute("${MARTY_TEST_UNSET_VAR}", &vars, false).is_err());
+        assert_eq!(
+            substitute("x ${MARTY_TEST_UNSET_VAR} y", &vars, true).ok(),
+            Some("x ${MARTY_TEST_UNSET_VAR} y".to_string())
+        );
+        assert!(substitute("${UNCLOSED", &vars, false).is_err());
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_unset_ones_always_hold() {
+        assert!(Bounds::of(Some(1.0), Some(1.0)).holds(1.0));
+        assert!(!Bounds::of(Some(1.0), None).holds(0.5));
+        assert!(!Bounds::of(None, Some(0.0)).holds(0.1));
+        assert!(Bounds::default().holds(f64::MAX));
+    }
+}
