@@ -79,7 +79,7 @@ fn an_expectation_that_cannot_hold_fails_the_run_and_says_what_was_seen() {
     let text = stdout(&out);
     let line = text
         .lines()
-        .find(|l| l.contains("FAIL breaker of route default is closed (stats): seen "))
+        .find(|l| l.contains("FAIL breaker of route server is closed (stats): seen "))
         .unwrap_or_else(|| panic!("no failed expectation in\n{}", describe(&out)));
     assert!(!line.ends_with("seen closed"), "{line}");
 
@@ -90,7 +90,7 @@ fn an_expectation_that_cannot_hold_fails_the_run_and_says_what_was_seen() {
     assert_eq!(expectation["passed"], false);
     assert_eq!(
         expectation["expectation"],
-        "breaker of route default is closed (stats)"
+        "breaker of route server is closed (stats)"
     );
     let seen = expectation["seen"].as_str().expect("seen");
     assert!(seen == "open" || seen == "half_open", "seen {seen}");
@@ -98,7 +98,7 @@ fn an_expectation_that_cannot_hold_fails_the_run_and_says_what_was_seen() {
     let junit = read(&report.join("junit.xml"));
     assert!(
         junit.contains(&format!(
-            "<failure message=\"expected breaker of route default is closed (stats); seen {seen}\"/>"
+            "<failure message=\"expected breaker of route server is closed (stats); seen {seen}\"/>"
         )),
         "{junit}"
     );
