@@ -14,7 +14,7 @@ fn an_invalid_configuration_is_rejected_naming_the_field() {
         (
             json!({"routes": {"users": {"circuit_breaker": {"failure_threshold": -2}}}})
                 .to_string(),
-            "routes.users.circuit_breaker.failure_threshold: expected an integer >= 1, got -2",
+            "routes.users.circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got -2",
         ),
         (
             json!({"circuit_breaker": {"recovery_timout": 3}}).to_string(),
@@ -160,7 +160,7 @@ fn invalid_route_metadata_is_reported_and_the_plugin_json_applies() {
     http1(envoy.port(), "GET", "/users", &answer("u", "500")).unwrap();
     wait_state(&envoy, "users", 1);
     envoy.wait_for_log(
-        "route_metadata[users].filter_metadata[marty.resilience].circuit_breaker.failure_threshold: expected an integer >= 1, got \"many\"",
+        "route_metadata[users].filter_metadata[marty.resilience].circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got \"many\"",
         WAIT,
     );
     assert!(

@@ -46,7 +46,7 @@ const UNABLE_TO_CREATE: &str = "Unable to create Wasm plugin marty_resilience";
 const NOT_WASM: &[u8] = b"this is not a wasm module\n";
 /// `failure_threshold` 0 is refused by the filter's `on_configure`.
 const REJECTED_CONFIG: &str = r#"{"circuit_breaker": {"failure_threshold": 0}}"#;
-const REJECTED_MESSAGE: &str = "invalid marty-resilience configuration: circuit_breaker.failure_threshold: expected an integer >= 1, got 0";
+const REJECTED_MESSAGE: &str = "invalid marty-resilience configuration: circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got 0";
 const TRAP: &str = "Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable";
 
 fn module() -> Vec<u8> {
@@ -542,7 +542,7 @@ fn a_configuration_update_the_filter_rejects_is_refused_and_the_old_one_keeps_se
     write_lds(&lds, &listener(&rejected));
     envoy.wait_for_stat("listener_manager.lds.update_rejected", |v| v == 1, WAIT);
     envoy.wait_for_log(
-        "invalid marty-resilience configuration: routes.users.circuit_breaker.failure_threshold: expected an integer >= 1, got 0",
+        "invalid marty-resilience configuration: routes.users.circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got 0",
         WAIT,
     );
     envoy.wait_for_log(

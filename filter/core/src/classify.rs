@@ -107,3 +107,32 @@ pub fn classify(policy: &BreakerPolicy, r: &Response) -> Outcome {
     }
     by_status(policy, r).unwrap_or(Outcome::Ignored)
 }
+
+/// Whether a response is the upstream's answer, from Envoy's `response.code_details`: the
+/// upstream's own (`via_upstream`), or the router's on its behalf when the upstream failed
+/// (connect failure, reset, timeout, no healthy upstream: those details start with `upstream_`
+/// or name the missing upstream, and set a fault flag). Anything else is a local reply of
+/// Envoy or of another filter (`route_not_found`, `direct_response`, a fault filter's abort, a
+/// rate limit, an authorization denial): it says nothing about the upstream. Unknown details
+/// (`None`: the host did not say) count as the upstream's, as before this check existed.
+pub fn from_upstream(code_details: Option<&[u8]>, flags: Option<u64>) -> bool {
+    if flags.unwrap_or(0) & flags::UPSTREAM_FAULT != 0 {
+        return true;
+    }
+    match code_details {
+        None => true,
+        Some(details) => {
+            details == b"via_upstream"
+                || details.starts_with(b"upstream_")
+                || details == b"no_healthy_upstream"
+                || details.starts_with(b"maintenance_mode")
+        }
+    }
+}
+
+/// Whether [`from_upstream`] must be asked: only an outcome that could move the breaker, a
+/// failure, or a probe's success (one local 200 must not close a breaker). A CLOSED breaker's
+/// success needs no check, so healthy traffic pays nothing for it.
+pub fn needs_origin(outcome: Outcome, is_probe: bool) -> bool {
+    outcome == Outcome::Failure || (is_probe && outcome == Outcome::Success)
+}

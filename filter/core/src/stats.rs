@@ -127,7 +127,9 @@ stats! {
             route_config_rejected: "route_config_rejected_total",
             buckets_overflow: "buckets_overflow_total",
         }
-        gauges {}
+        gauges {
+            stats_kept: "stats_kept",
+        }
     }
 }
 

@@ -536,14 +536,14 @@ fn invalid_variable_values_name_the_variable() {
             "",
             &[("MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0")]
         ),
-        "MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD: expected an integer >= 1, got 0"
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD: expected an integer between 1 and 1000000, got 0"
     );
     assert_eq!(
         error_env(
             "",
             &[("MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "five")]
         ),
-        "MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD: expected an integer >= 1, got \"five\""
+        "MARTY_RESILIENCE_CIRCUIT_BREAKER_FAILURE_THRESHOLD: expected an integer between 1 and 1000000, got \"five\""
     );
     assert_eq!(
         error_env("", &[("MARTY_RESILIENCE_CIRCUIT_BREAKER_ENABLED", "yes")]),
@@ -654,7 +654,7 @@ fn a_duration_that_rounds_to_zero_nanoseconds_is_rejected() {
 fn a_negative_threshold_in_a_route_names_the_full_path() {
     assert_eq!(
         error(r#"{"routes": {"users": {"circuit_breaker": {"failure_threshold": -2}}}}"#),
-        "routes.users.circuit_breaker.failure_threshold: expected an integer >= 1, got -2"
+        "routes.users.circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got -2"
     );
 }
 
@@ -662,15 +662,15 @@ fn a_negative_threshold_in_a_route_names_the_full_path() {
 fn integers_must_be_whole_and_in_range() {
     assert_eq!(
         error(r#"{"circuit_breaker": {"failure_threshold": 0}}"#),
-        "circuit_breaker.failure_threshold: expected an integer >= 1, got 0"
+        "circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got 0"
     );
     assert_eq!(
         error(r#"{"circuit_breaker": {"half_open_success_threshold": 2.5}}"#),
-        "circuit_breaker.half_open_success_threshold: expected an integer >= 1, got 2.5"
+        "circuit_breaker.half_open_success_threshold: expected an integer between 1 and 10000, got 2.5"
     );
     assert_eq!(
         error(r#"{"circuit_breaker": {"failure_threshold": "5"}}"#),
-        "circuit_breaker.failure_threshold: expected an integer >= 1, got \"5\""
+        "circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got \"5\""
     );
     assert_eq!(
         error(r#"{"circuit_breaker": {"max_concurrent_requests": -1}}"#),
@@ -697,8 +697,13 @@ fn integers_above_32_bits_are_rejected() {
     );
     assert!(msg.ends_with(", got 4294967296"), "{msg}");
     assert_eq!(
-        cb(r#"{"circuit_breaker": {"failure_threshold": 4294967295}}"#).failure_threshold,
+        cb(r#"{"circuit_breaker": {"max_concurrent_requests": 4294967295}}"#)
+            .max_concurrent_requests,
         u32::MAX
+    );
+    assert_eq!(
+        error(r#"{"circuit_breaker": {"failure_threshold": 1000001}}"#),
+        "circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got 1000001"
     );
 }
 
@@ -943,7 +948,7 @@ fn metadata_errors_name_the_route_and_the_field() {
     assert_eq!(
         e.to_string(),
         "route_metadata[users].filter_metadata[marty.resilience].circuit_breaker.failure_threshold: \
-         expected an integer >= 1, got -2"
+         expected an integer between 1 and 1000000, got -2"
     );
     let e = s.with_metadata("users", &json!("nope")).unwrap_err();
     assert_eq!(
@@ -1109,7 +1114,7 @@ fn resolved_policies_round_trip_through_to_json() {
         let recovery_timeout = duration(rng);
         let policy = BreakerPolicy {
             enabled: rng.gen(),
-            failure_threshold: rng.gen_range(1..=u32::MAX),
+            failure_threshold: rng.gen_range(1..=1_000_000),
             recovery_timeout,
             recovery_backoff: RECOVERY_STRATEGIES[rng.gen_range(0..5)],
             max_recovery_timeout: rng.gen_range(recovery_timeout..=86_400 * S),
@@ -1723,14 +1728,21 @@ fn the_token_and_header_variables_stay_text() {
     assert_eq!(
         error(r#"{"failure_injection": {"header_trigger": {"token": 12345}}}"#),
         "failure_injection.header_trigger.token: expected null or a non-empty string of at most \
-         256 bytes, got 12345"
+         256 bytes, got a number"
     );
+    // A rejected token is described, never printed: errors end up in logs.
+    let long = "s".repeat(300);
+    let msg = error(&format!(
+        r#"{{"failure_injection": {{"header_trigger": {{"token": "{long}"}}}}}}"#
+    ));
+    assert!(msg.ends_with("got a string of 300 bytes"), "{msg}");
+    assert!(!msg.contains("sss"), "{msg}");
     // An empty variable is an empty token: rejected, not "no token".
     assert_eq!(
         error_env("", &[(&fi_var("HEADER_TRIGGER_TOKEN"), "")]),
         format!(
             "{FI}HEADER_TRIGGER_TOKEN: expected null or a non-empty string of at most 256 \
-             bytes, got \"\""
+             bytes, got an empty string"
         )
     );
     // The variable's token replaces the JSON's, and the resolved policy never shows it.

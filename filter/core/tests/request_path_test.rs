@@ -28,7 +28,7 @@ impl Worker {
     fn new(envoy: &Rc<FakeEnvoy>, config: &str) -> Self {
         let settings = Settings::parse(config.as_bytes(), &[]).expect("valid config");
         Self {
-            plugin: Rc::new(Plugin::new(FakeHost::new(envoy), settings)),
+            plugin: Rc::new(Plugin::new(FakeHost::new(envoy), settings).expect("plugin starts")),
             next_id: std::cell::Cell::new(1),
         }
     }
@@ -826,4 +826,100 @@ fn the_guides_retry_section_retries_and_enable_circuit_breaker_false_retries_pro
         Some("4"),
         "probes retried when enable_circuit_breaker is false"
     );
+}
+
+// --- Reliability ------------------------------------------------------------------------------
+
+#[test]
+fn a_configuration_whose_stats_envoy_does_not_keep_is_refused() {
+    let envoy = FakeEnvoy::new();
+    envoy
+        .excluded_stats
+        .borrow_mut()
+        .push("marty_resilience.".to_string());
+    let settings = Settings::parse(b"{}", &[]).unwrap();
+    let refused = Plugin::new(FakeHost::new(&envoy), settings)
+        .err()
+        .expect("refused");
+    assert!(refused.contains("stats_matcher"), "{refused}");
+    // Another instance's prefix is kept: it runs.
+    let settings = Settings::parse(br#"{"stat_prefix": "kept"}"#, &[]).unwrap();
+    assert!(Plugin::new(FakeHost::new(&envoy), settings).is_ok());
+}
+
+#[test]
+fn a_local_reply_of_another_filter_is_no_upstream_failure_and_cannot_close_a_probe() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, BREAKER);
+    worker
+        .host()
+        .set_property("response.code_details", Some(b"fault_filter_abort"));
+    for _ in 0..5 {
+        assert_eq!(worker.call("users", "503"), Action::Continue);
+    }
+    assert_eq!(
+        worker.stat("route.users.circuit_state"),
+        0,
+        "not the upstream's 503s"
+    );
+    assert_eq!(worker.stat("route.users.failure_total"), 0);
+    // The router's own replies for a failed upstream still count.
+    worker.host().set_property(
+        "response.code_details",
+        Some(b"upstream_reset_before_response_started{connection_failure}"),
+    );
+    for _ in 0..3 {
+        worker.call("users", "503");
+    }
+    assert_eq!(worker.stat("route.users.circuit_state"), 1);
+    // A probe answered locally with a 200 does not close the breaker.
+    envoy.advance_ms(1_001);
+    worker
+        .host()
+        .set_property("response.code_details", Some(b"direct_response"));
+    for _ in 0..3 {
+        worker.call("users", "200");
+    }
+    assert_eq!(worker.stat("route.users.circuit_closed_total"), 0);
+}
+
+#[test]
+fn with_count_attempts_the_placement_before_the_router_counts_no_outcome() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"retry": {"enabled": true, "count_attempts": true}}"#,
+    );
+    worker.call("users", "503");
+    worker.call("users", "200");
+    assert_eq!(worker.stat("route.users.requests_total"), 2);
+    assert_eq!(
+        worker.stat("route.users.failure_total"),
+        0,
+        "counted per try upstream"
+    );
+    assert_eq!(worker.stat("route.users.success_total"), 0);
+    assert!(worker
+        .plugin
+        .settings
+        .notices()
+        .iter()
+        .any(|(_, line)| line.contains("count_attempts")));
+}
+
+#[test]
+fn the_upstream_placement_holds_retries_but_does_not_count_them() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"mode": "upstream", "retry": {"enabled": true, "max_attempts": 3,
+            "backoff_strategy": "fixed", "base_delay": 0.1, "max_delay": 0.1}}"#,
+    );
+    let (_s, action) = worker.request("users", &[("x-envoy-attempt-count", "2")]);
+    assert_eq!(action, Action::Pause, "held for the backoff");
+    assert_eq!(worker.stat("route.users.retry_attempts_total"), 0);
+    // A client-sent attempt count cannot hold a request past the last retry's delay.
+    let (_s, action) = worker.request("users", &[("x-envoy-attempt-count", "4000000000")]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(worker.plugin.scheduler.len(), 2);
 }

@@ -13,8 +13,8 @@ mod logger;
 use std::ffi::OsString;
 use std::rc::Rc;
 
-use log::{error, info};
-use marty_resilience_core::config::{Mode, Settings};
+use log::{error, info, warn};
+use marty_resilience_core::config::{Notice, Settings};
 use marty_resilience_core::proxy::scheduler::TICK_MS;
 use marty_resilience_core::proxy::{self, Plugin, Stream};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -63,19 +63,23 @@ impl RootContext for Root {
                     settings.environment.name(),
                     settings.routes.len()
                 );
-                let retries = std::iter::once(&settings.defaults)
-                    .chain(settings.routes.values())
-                    .any(|p| p.retry.enabled);
-                if retries && settings.mode == Mode::Downstream {
-                    info!(
-                        "retry: backoff_strategy times the tries only where the filter is also an \
-                         upstream HTTP filter with mode \"upstream\"; elsewhere Envoy's \
-                         retry_back_off does (docs/retries.md)"
-                    );
+                for (level, line) in settings.notices() {
+                    match level {
+                        Notice::Info => info!("{line}"),
+                        Notice::Warn => warn!("{line}"),
+                    }
                 }
-                self.plugin = Some(Rc::new(Plugin::new(Abi::new(), settings)));
-                abi::set_tick_period_ms(TICK_MS);
-                true
+                match Plugin::new(Abi::new(), settings) {
+                    Ok(plugin) => {
+                        self.plugin = Some(Rc::new(plugin));
+                        abi::set_tick_period_ms(TICK_MS);
+                        true
+                    }
+                    Err(e) => {
+                        error!("invalid marty-resilience configuration: {e}");
+                        false
+                    }
+                }
             }
             Err(e) => {
                 // Returning false makes Envoy reject the configuration; the log says why.

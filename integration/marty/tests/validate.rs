@@ -110,7 +110,7 @@ fn bad_route_metadata_in_a_bootstrap_is_a_warning_not_a_rejection() {
     let out = marty(&["validate", path.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
-        stdout(&out).contains("route \"orders\": metadata the filter will ignore (and log): route_metadata[orders].filter_metadata[marty.resilience].circuit_breaker.failure_threshold: expected an integer >= 1, got \"many\""),
+        stdout(&out).contains("route \"orders\": metadata the filter will ignore (and log): route_metadata[orders].filter_metadata[marty.resilience].circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got \"many\""),
         "{}",
         describe(&out)
     );

@@ -9,6 +9,13 @@ use super::section::{duration, plain, seconds, section, strategy_name, u32_in, S
 use super::ConfigError;
 use crate::retry::backoff::Strategy;
 
+/// Largest `failure_threshold`: a breaker that needs more consecutive failures never opens in
+/// practice, which is a misconfiguration to reject, not a policy.
+pub const MAX_FAILURE_THRESHOLD: u32 = 1_000_000;
+/// Largest `half_open_success_threshold`: probes go one (or a few) at a time, so a larger
+/// threshold would keep a recovered upstream HALF_OPEN for hours.
+pub const MAX_HALF_OPEN_SUCCESSES: u32 = 10_000;
+
 /// Probe slots live inside one fixed-size shared-data value; this bounds its size.
 pub const MAX_HALF_OPEN_REQUESTS: u32 = 64;
 
@@ -59,12 +66,12 @@ section! {
     /// One layer's partial `circuit_breaker` section: only the fields that layer sets.
     pub struct BreakerPatch for BreakerPolicy {
         enabled: value(bool, enabled, boolean, plain),
-        failure_threshold: value(u32, failure_threshold, u32_in(1, u32::MAX), plain),
+        failure_threshold: value(u32, failure_threshold, u32_in(1, MAX_FAILURE_THRESHOLD), plain),
         recovery_timeout: value(u64, recovery_timeout, duration, seconds),
         recovery_backoff: value(Strategy, recovery_backoff, recovery_backoff, strategy_name),
         max_recovery_timeout: value(u64, max_recovery_timeout, duration, seconds),
         half_open_success_threshold:
-            value(u32, half_open_success_threshold, u32_in(1, u32::MAX), plain),
+            value(u32, half_open_success_threshold, u32_in(1, MAX_HALF_OPEN_SUCCESSES), plain),
         half_open_max_requests:
             value(u32, half_open_max_requests, u32_in(1, MAX_HALF_OPEN_REQUESTS), plain),
         half_open_probe_timeout: value(u64, half_open_probe_timeout, duration, seconds),

@@ -127,8 +127,15 @@ fn rate(value: &Value, path: &str) -> Result<f64, ConfigError> {
         .ok_or_else(|| expected(path, "a rate between 0 and 1", value))
 }
 
+/// An abort's status: 200-599 but not 204 or 304, which cannot carry the reply's body.
 fn http_status(value: &Value, path: &str) -> Result<u16, ConfigError> {
     let status = integer_u32(value, path, 200, 599)?;
+    if crate::fault::header::bodiless(status) {
+        return Err(super::json::err(
+            path,
+            format!("{status} cannot carry the abort's body; use another status"),
+        ));
+    }
     u16::try_from(status).map_err(|_| expected(path, "a 16-bit integer", value))
 }
 
@@ -182,16 +189,23 @@ fn trigger_header(value: &Value, path: &str) -> Result<String, ConfigError> {
     Ok(name)
 }
 
+/// A token is a secret: a rejected one is described (its kind and length), never shown, since
+/// configuration errors end up in logs.
 fn token(value: &Value, path: &str) -> Result<Option<String>, ConfigError> {
-    match value {
-        Value::Null => Ok(None),
-        Value::String(s) if !s.is_empty() && s.len() <= 256 => Ok(Some(s.clone())),
-        _ => Err(expected(
-            path,
-            "null or a non-empty string of at most 256 bytes",
-            value,
-        )),
-    }
+    let seen = match value {
+        Value::Null => return Ok(None),
+        Value::String(s) if !s.is_empty() && s.len() <= 256 => return Ok(Some(s.clone())),
+        Value::String(s) if s.is_empty() => "an empty string".to_string(),
+        Value::String(s) => format!("a string of {} bytes", s.len()),
+        Value::Bool(_) => "a boolean".to_string(),
+        Value::Number(_) => "a number".to_string(),
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(_) => "an object".to_string(),
+    };
+    Err(super::json::err(
+        path,
+        format!("expected null or a non-empty string of at most 256 bytes, got {seen}"),
+    ))
 }
 
 /// Reports say whether a token is set, never what it is.

@@ -1,7 +1,7 @@
 //! Typed reads out of a `serde_json::Value`, each naming the field path and what was expected.
 //!
 //! serde's derive reports "invalid type at line 3 column 7"; operators need
-//! `routes.users.circuit_breaker.failure_threshold: expected an integer >= 1, got -2`.
+//! `routes.users.circuit_breaker.failure_threshold: expected an integer between 1 and 1000000, got -2`.
 
 use serde_json::{Map, Value};
 

@@ -224,6 +224,13 @@ pub struct Settings {
 /// `routes`.
 pub const OVERFLOW_BUCKET: &str = "(overflow)";
 
+/// How loud a [`Settings::notices`] line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Info,
+    Warn,
+}
+
 /// Where the filter sits in Envoy's chain.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -460,6 +467,34 @@ impl Settings {
             stat_prefix,
             prevent_caller_retries,
         })
+    }
+
+    /// What the operator should know about an accepted configuration, as log lines: settings
+    /// that only take effect with another placement of the filter.
+    pub fn notices(&self) -> Vec<(Notice, String)> {
+        let policies = || std::iter::once(&self.defaults).chain(self.routes.values());
+        let mut out = Vec::new();
+        if self.mode == Mode::Downstream {
+            if policies().any(|p| p.retry.enabled) {
+                out.push((
+                    Notice::Info,
+                    "retry: backoff_strategy times the tries only where the filter is also an \
+                     upstream HTTP filter with mode \"upstream\"; elsewhere Envoy's \
+                     retry_back_off does (docs/retries.md)"
+                        .to_string(),
+                ));
+            }
+            if policies().any(|p| p.retry.enabled && p.retry.count_attempts) {
+                out.push((
+                    Notice::Warn,
+                    "retry.count_attempts: the breaker then learns outcomes only from the \
+                     upstream placement (an instance with mode \"upstream\" in the router's \
+                     upstream_http_filters); without one, it records nothing while CLOSED"
+                        .to_string(),
+                ));
+            }
+        }
+        out
     }
 
     /// The policy of `route` with its Envoy route metadata laid over the plugin JSON.

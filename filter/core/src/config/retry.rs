@@ -56,6 +56,9 @@ pub const CLIENT_RETRY_HEADERS: &[&str] = &[
     PER_TRY_TIMEOUT_HEADER,
     "x-envoy-retriable-header-names",
     "x-envoy-hedge-on-per-try-timeout",
+    // Not a retry header, but the upstream placement times a try by it: a client's own value
+    // (where the virtual host does not set it) must not choose the backoff.
+    "x-envoy-attempt-count",
 ];
 
 /// Envoy's `retry_on` conditions (router docs), the only ones accepted.

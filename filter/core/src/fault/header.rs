@@ -100,7 +100,7 @@ pub fn parse(value: &[u8]) -> Result<Spec, Invalid> {
             let status = Some(raw)
                 .filter(|r| r.len() == 3 && r.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|r| r.parse::<u16>().ok())
-                .filter(|s| (200..=599).contains(s))
+                .filter(|s| (200..=599).contains(s) && !bodiless(u32::from(*s)))
                 .ok_or(Invalid::BadAbortStatus)?;
             set_once(&mut spec.abort_http, status)?;
         } else if key.eq_ignore_ascii_case("grpc") {
@@ -163,4 +163,10 @@ pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
         .zip(expected)
         .fold(0u8, |acc, (a, b)| acc | (a ^ b))
         == 0
+}
+
+/// Statuses whose responses carry no body (204 No Content, 304 Not Modified): an abort's reply
+/// has one, so they are refused as abort statuses.
+pub fn bodiless(status: u32) -> bool {
+    matches!(status, 204 | 304)
 }

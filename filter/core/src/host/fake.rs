@@ -17,8 +17,9 @@ pub struct FakeEnvoy {
     pub store: MemoryStore,
     stats: RefCell<Vec<(String, MetricKind, i64)>>,
     clock_ns: Cell<u64>,
-    /// Names `define_metric` refuses, as a `stats_matcher` that rejects them would.
-    pub refused_stats: RefCell<Vec<String>>,
+    /// Name prefixes whose stats Envoy does not keep, as a `stats_matcher` that excludes them:
+    /// they are defined, but read 0 whatever is written (Envoy's null stats).
+    pub excluded_stats: RefCell<Vec<String>>,
 }
 
 impl FakeEnvoy {
@@ -44,6 +45,13 @@ impl FakeEnvoy {
             .iter()
             .map(|(n, _, _)| n.clone())
             .collect()
+    }
+
+    fn excluded(&self, name: &str) -> bool {
+        self.excluded_stats
+            .borrow()
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_str()))
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -199,9 +207,6 @@ impl Host for FakeHost {
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
         self.log("define_metric");
-        if self.envoy.refused_stats.borrow().iter().any(|r| r == name) {
-            return None;
-        }
         let mut stats = self.envoy.stats.borrow_mut();
         let id = match stats.iter().position(|(n, _, _)| n == name) {
             Some(id) => id,
@@ -215,15 +220,19 @@ impl Host for FakeHost {
 
     fn increment_metric(&self, id: u32, delta: i64) {
         self.log("increment_metric");
-        if let Some((_, _, value)) = self.envoy.stats.borrow_mut().get_mut(id as usize) {
-            *value += delta;
+        if let Some((name, _, value)) = self.envoy.stats.borrow_mut().get_mut(id as usize) {
+            if !self.envoy.excluded(name) {
+                *value += delta;
+            }
         }
     }
 
     fn record_metric(&self, id: u32, value: u64) {
         self.log("record_metric");
-        if let Some((_, _, v)) = self.envoy.stats.borrow_mut().get_mut(id as usize) {
-            *v = i64::try_from(value).unwrap_or(i64::MAX);
+        if let Some((name, _, v)) = self.envoy.stats.borrow_mut().get_mut(id as usize) {
+            if !self.envoy.excluded(name) {
+                *v = i64::try_from(value).unwrap_or(i64::MAX);
+            }
         }
     }
 

@@ -70,8 +70,11 @@ pub struct Plugin<H: Host> {
 
 impl<H: Host> Plugin<H> {
     /// Sets up the configured buckets: stats defined, shared keys created if missing (before
-    /// any traffic, which is what makes creation race-free for them).
-    pub fn new(host: H, settings: Settings) -> Self {
+    /// any traffic, which is what makes creation race-free for them). Refuses to run when
+    /// Envoy does not keep the filter's stats (a `stats_matcher` that excludes them hands out
+    /// stats that always read 0): the bulkhead, the fault cap and the cross-worker check of
+    /// the cached admission read them, and would silently stop working.
+    pub fn new(host: H, settings: Settings) -> Result<Self, String> {
         let wall_offset_ms = host
             .unix_ms()
             .saturating_sub(host.monotonic_ns() / 1_000_000);
@@ -96,10 +99,19 @@ impl<H: Host> Plugin<H> {
             .iter()
             .map(|(name, policy)| Route::new(&plugin.settings.stat_prefix, name, policy.clone()))
             .collect();
+        plugin.stats.stats_kept.record(&plugin.host, 1);
+        if plugin.stats.stats_kept.get(&plugin.host) != Some(1) {
+            return Err(format!(
+                "Envoy does not keep this filter's stats ({0}.stats_kept reads 0: a stats_matcher \
+                 excludes them?); the bulkhead, max_active_faults and the breaker's cross-worker \
+                 check read them. Include every stat starting with \"wasmcustom.{0}.\"",
+                plugin.settings.stat_prefix
+            ));
+        }
         for route in configured {
             plugin.bucket(route);
         }
-        plugin
+        Ok(plugin)
     }
 
     pub fn now(&self) -> Now {

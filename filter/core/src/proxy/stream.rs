@@ -16,7 +16,7 @@ use super::plugin::ThenAbort;
 use super::reply::{self, Rejection};
 use super::{health_endpoint, take_slot, Action, Plugin};
 use crate::breaker::{self, Decision, Outcome, State, Ticket};
-use crate::classify::{classify, needs_flags, Response};
+use crate::classify::{classify, from_upstream, needs_flags, needs_origin, Response};
 use crate::config::Mode;
 use crate::fault::Fault;
 use crate::health;
@@ -232,15 +232,8 @@ impl<H: Host> Stream<H> {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
-        match outcome {
-            Outcome::Success => bucket.count(self.host(), bucket.stats.success, 1),
-            Outcome::Failure => {
-                bucket.count(self.host(), bucket.stats.failure, 1);
-                if self.retries_enabled {
-                    bucket.budget.borrow_mut().0.failure();
-                }
-            }
-            Outcome::Ignored => {}
+        if outcome == Outcome::Failure && self.retries_enabled {
+            bucket.budget.borrow_mut().0.failure();
         }
         let route = bucket.route();
         if retry::outcome_recorded_upstream(
@@ -249,7 +242,14 @@ impl<H: Host> Stream<H> {
             route.policy.circuit_breaker.enabled,
             ticket.probe.is_some(),
         ) {
+            // The upstream placement counts and records every try: counting the request here
+            // too would count it twice.
             return;
+        }
+        match outcome {
+            Outcome::Success => bucket.count(self.host(), bucket.stats.success, 1),
+            Outcome::Failure => bucket.count(self.host(), bucket.stats.failure, 1),
+            Outcome::Ignored => {}
         }
         if breaker::record_is_noop(bucket.view.borrow().as_ref(), ticket, outcome) {
             return;
@@ -287,7 +287,15 @@ impl<H: Host> Stream<H> {
                 .and_then(|bytes| bytes.try_into().ok())
                 .map(u64::from_le_bytes);
         }
-        let outcome = classify(policy, &self.response);
+        let mut outcome = classify(policy, &self.response);
+        let is_probe = self.ticket.is_some_and(|t| t.probe.is_some());
+        // In the upstream placement every response is a try's own answer.
+        if self.plugin.settings.mode == Mode::Downstream && needs_origin(outcome, is_probe) {
+            let details = self.host().property(&["response", "code_details"]);
+            if !from_upstream(details.as_deref(), self.response.flags) {
+                outcome = Outcome::Ignored;
+            }
+        }
         self.release(outcome);
     }
 

@@ -49,7 +49,12 @@ impl<H: Host> Stream<H> {
         if attempt < 2 {
             return Action::Continue;
         }
-        bucket.count(self.host(), bucket.stats.retry_attempts, 1);
+        // Not counted in `retry_attempts_total` here: the placement before the router counts
+        // retries from the response's `x-envoy-attempt-count`, and counting here too would
+        // count each retry twice where both placements run. A client-sent attempt count (the
+        // virtual host not setting one) can hold a request no longer than the last retry's
+        // delay.
+        let attempt = attempt.min(policy.max_attempts.max(2));
         let failure_ratio = bucket
             .budget
             .borrow()
