@@ -328,6 +328,23 @@ impl RawClient {
         RawClient { stream }
     }
 
+    /// Reads the response head (status line and headers) and returns its status line.
+    pub fn status_line(&mut self, timeout: Duration) -> Result<String, String> {
+        use std::io::Read;
+        let _ = self.stream.set_read_timeout(Some(timeout));
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                Ok(_) => return Err("connection closed before the response head".into()),
+                Err(e) => return Err(format!("reading the response head: {e}")),
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+
     /// Closes the connection (FIN) without having read the response.
     pub fn close(self) {
         let _ = self.stream.shutdown(Shutdown::Both);

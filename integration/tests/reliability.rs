@@ -1,0 +1,190 @@
+//! Reliability against a real Envoy: held requests released on time under load, outcomes that
+//! are not the upstream's, configurations whose stats Envoy drops, counters counted once, and
+//! the log level followed at run time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{answer, stat, value, wait_state, WAIT};
+use marty_integration::{http1, Envoy, EnvoyConfig, RawClient, RouteSpec, Upstream};
+use serde_json::{json, Value};
+
+fn hcm(bootstrap: &mut Value) -> &mut Value {
+    bootstrap
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
+        .expect("the harness bootstrap has one HCM")
+}
+
+#[test]
+fn held_requests_are_released_on_time_while_more_keep_arriving() {
+    // Before: every held request set the 5 ms tick period again, and Envoy restarts the timer
+    // when the period is set, so a worker holding requests more often than every 5 ms kept
+    // pushing its tick back: delays lasted as long as the arrivals did, and housekeeping
+    // (OPEN -> HALF_OPEN) stalled with them. Open loop: four senders each start a request every
+    // ~1 ms for ~0.5 s
+    // whatever the replies, each delayed 50 ms. Bound: released within 1 s, generous.
+    let upstream = Upstream::start();
+    let config = json!({
+        "failure_injection": {"enabled": true, "header_trigger": {"enabled": true},
+                              "max_active_faults": 0, "delay": {"max": "1s"}},
+        "routes": {"flaky": {"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1}}}
+    });
+    let envoy = common::envoy(
+        &upstream,
+        config,
+        vec![
+            RouteSpec::new("flaky", "/flaky"),
+            RouteSpec::new("held", "/"),
+        ],
+    );
+    http1(envoy.port(), "GET", "/flaky", &answer("f", "503")).unwrap();
+    wait_state(&envoy, "flaky", 1);
+    let opened = Instant::now();
+
+    const SENDERS: usize = 4;
+    const PER_SENDER: usize = 400;
+    let (sent, received) = std::sync::mpsc::channel::<(Instant, RawClient)>();
+    let port = envoy.port();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|_| {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                for _ in 0..PER_SENDER {
+                    let client = RawClient::send(
+                        port,
+                        "GET",
+                        "/",
+                        &[("x-test-key", "held"), ("x-failure-inject", "delay=50ms")],
+                    );
+                    if sent.send((Instant::now(), client)).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        })
+        .collect();
+    drop(sent);
+    let mut worst = Duration::ZERO;
+    for (at, mut client) in received.iter() {
+        let status = client.status_line(Duration::from_secs(10)).unwrap();
+        assert!(status.contains(" 200"), "{status}");
+        worst = worst.max(at.elapsed());
+        client.close();
+    }
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    assert!(
+        worst < Duration::from_secs(1),
+        "a 50 ms delay took {worst:?} while requests kept arriving"
+    );
+    assert!(value(&envoy, "held", "faults_delayed_total") >= (SENDERS * PER_SENDER) as i64);
+    // Housekeeping kept its pace: the 1 s open period turned HALF_OPEN meanwhile.
+    wait_state(&envoy, "flaky", 2);
+    assert!(opened.elapsed() < WAIT);
+}
+
+#[test]
+fn another_filter_s_local_reply_moves_no_breaker() {
+    // Envoy's own fault filter after ours aborts every request with a 503 the upstream never
+    // sent: not an upstream failure.
+    let upstream = Upstream::start();
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(json!({"circuit_breaker": {"failure_threshold": 1}}).to_string())
+        .routes(vec![RouteSpec::new("users", "/")]);
+    let mut bootstrap = config.bootstrap();
+    let filters = hcm(&mut bootstrap)["http_filters"]
+        .as_array_mut()
+        .expect("http_filters");
+    filters.insert(
+        1,
+        json!({"name": "envoy.filters.http.fault", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": {"http_status": 503, "percentage": {"numerator": 100}}}}),
+    );
+    let envoy = Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..3 {
+        let r = http1(envoy.port(), "GET", "/", &answer("u", "200")).unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-marty-circuit"), None, "the fault filter's 503");
+    }
+    envoy.wait_for_stat(&stat("users", "requests_total"), |v| v == 3, WAIT);
+    assert_eq!(value(&envoy, "users", "failure_total"), 0);
+    assert_eq!(value(&envoy, "users", "circuit_state"), 0);
+    assert_eq!(upstream.count("u"), 0);
+}
+
+#[test]
+fn a_stats_matcher_that_drops_the_filter_s_stats_makes_envoy_refuse_it() {
+    let upstream = Upstream::start();
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(json!({}).to_string())
+        .routes(vec![RouteSpec::new("users", "/")]);
+    let mut bootstrap = config.bootstrap();
+    bootstrap["stats_config"]["stats_matcher"] =
+        json!({"exclusion_list": {"patterns": [{"prefix": "wasmcustom.marty_resilience."}]}});
+    let error = Envoy::start_with_bootstrap(&config, &bootstrap)
+        .err()
+        .expect("Envoy refuses the plugin");
+    assert!(
+        error
+            .log
+            .contains("invalid marty-resilience configuration: Envoy does not keep"),
+        "{}",
+        error.log
+    );
+}
+
+#[test]
+fn with_both_placements_each_retry_is_counted_once() {
+    // The upstream placement holds retries, the placement before the router counts them: the
+    // count equals the tries the upstream saw beyond the first.
+    let upstream = Upstream::start();
+    let downstream = json!({"retry": {"enabled": true, "max_attempts": 3, "retry_on": ["5xx"],
+        "per_try_timeout": 0, "backoff_strategy": "fixed", "base_delay": 0.01, "max_delay": 0.01}});
+    let mut upstream_config = downstream.clone();
+    upstream_config["mode"] = json!("upstream");
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(downstream.to_string())
+        .routes(vec![RouteSpec::new("users", "/")]);
+    let mut bootstrap = config.bootstrap();
+    let hcm = hcm(&mut bootstrap);
+    let vhost = &mut hcm["route_config"]["virtual_hosts"][0];
+    vhost["include_request_attempt_count"] = json!(true);
+    vhost["include_attempt_count_in_response"] = json!(true);
+    let filters = hcm["http_filters"].as_array_mut().expect("http_filters");
+    let mut wasm = filters[0].clone();
+    wasm["name"] = json!("marty_resilience_upstream");
+    wasm["typed_config"]["config"]["name"] = json!("marty_resilience_upstream");
+    wasm["typed_config"]["config"]["configuration"]["value"] = json!(upstream_config.to_string());
+    let router = filters.last_mut().expect("the router is last");
+    router["typed_config"]["upstream_http_filters"] = json!([wasm,
+        {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}]);
+    let envoy = Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..4 {
+        let key = format!("r{i}");
+        let r = http1(
+            envoy.port(),
+            "GET",
+            "/",
+            &[
+                ("x-test-key", key.as_str()),
+                ("x-request-id", key.as_str()),
+                ("x-upstream-fail-first", "2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let tries = upstream.total() as i64;
+    assert_eq!(tries, 12, "three tries each");
+    envoy.wait_for_stat(&stat("users", "requests_total"), |v| v == 4, WAIT);
+    assert_eq!(value(&envoy, "users", "retry_attempts_total"), tries - 4);
+    assert_eq!(
+        envoy.stat("cluster.upstream.upstream_rq_retry"),
+        Some(tries - 4)
+    );
+}
