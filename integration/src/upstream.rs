@@ -10,6 +10,7 @@
 //! | `x-upstream-grpc-status: <n>` | gRPC requests: grpc-status in the trailers (default 0; 14 while failing under fail-first) |
 //! | `x-upstream-grpc-message: <s>` | gRPC requests: grpc-message |
 //! | `x-upstream-grpc-trailers-only: 1` | gRPC requests: status in the headers, no body |
+//! | `x-upstream-stream-ms: <ms>` | gRPC requests: a server stream: headers and a first message at once, the trailers after `<ms>` |
 //!
 //! "Failing" commands (status, reset, grpc-status) always apply without
 //! `x-upstream-fail-first`; with it they apply to the first k attempts only, which is how
@@ -20,6 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -360,10 +362,15 @@ async fn handle(
             ReplyBody::empty()
         } else {
             // One empty message: flag 0, length 0.
-            ReplyBody::frames(vec![
+            let mut body = ReplyBody::frames(vec![
                 Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0])),
                 Frame::trailers(status_headers),
-            ])
+            ]);
+            if let Some(ms) = parse_header::<u64>(&h, "x-upstream-stream-ms") {
+                body.pause_before_last =
+                    Some(Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
+            }
+            body
         };
         return Ok(builder.body(body).expect("upstream: build gRPC response"));
     }
@@ -385,18 +392,22 @@ async fn handle(
 /// pulling in a stream crate.
 struct ReplyBody {
     frames: VecDeque<Frame<Bytes>>,
+    /// Waited out before the last frame: a stream that stays open.
+    pause_before_last: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ReplyBody {
     fn empty() -> Self {
         ReplyBody {
             frames: VecDeque::new(),
+            pause_before_last: None,
         }
     }
 
     fn frames(frames: Vec<Frame<Bytes>>) -> Self {
         ReplyBody {
             frames: frames.into(),
+            pause_before_last: None,
         }
     }
 }
@@ -407,9 +418,18 @@ impl Body for ReplyBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().frames.pop_front().map(Ok))
+        let this = self.get_mut();
+        if this.frames.len() == 1 {
+            if let Some(pause) = this.pause_before_last.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.pause_before_last = None;
+            }
+        }
+        Poll::Ready(this.frames.pop_front().map(Ok))
     }
 
     fn is_end_stream(&self) -> bool {

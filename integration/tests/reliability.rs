@@ -188,3 +188,40 @@ fn with_both_placements_each_retry_is_counted_once() {
         Some(tries - 4)
     );
 }
+
+#[test]
+fn a_grpc_server_stream_probe_closes_the_breaker_while_it_streams() {
+    // The probe's stream outlives half_open_probe_timeout (1 s): before, its slot passed on
+    // and its result was dropped as late, so a healthy streaming route never closed.
+    let upstream = Upstream::start();
+    let envoy = common::envoy(
+        &upstream,
+        json!({"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1,
+            "half_open_success_threshold": 1, "half_open_probe_timeout": 1}}),
+        vec![RouteSpec::new("stream", "/").cluster(marty_integration::envoy::UPSTREAM_H2_CLUSTER)],
+    );
+    let failed = marty_integration::grpc_unary(
+        envoy.port(),
+        common::GRPC_PATH,
+        &[("x-upstream-grpc-status", "14")],
+    )
+    .unwrap();
+    assert_eq!(failed.code, tonic::Code::Unavailable);
+    wait_state(&envoy, "stream", 1);
+    wait_state(&envoy, "stream", 2);
+    let port = envoy.port();
+    let streaming = std::thread::spawn(move || {
+        marty_integration::grpc_unary(port, common::GRPC_PATH, &[("x-upstream-stream-ms", "4000")])
+    });
+    let started = Instant::now();
+    wait_state(&envoy, "stream", 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed while the probe was still streaming"
+    );
+    let reply = streaming.join().unwrap().unwrap();
+    assert_eq!(reply.code, tonic::Code::Ok);
+    envoy.wait_for_stat(&stat("stream", "active_requests"), |v| v == 0, WAIT);
+    assert_eq!(value(&envoy, "stream", "success_total"), 1, "counted once");
+    assert_eq!(value(&envoy, "stream", "circuit_closed_total"), 1);
+}

@@ -578,3 +578,19 @@ pub fn load<S: SharedStore + ?Sized>(
 pub fn ensure<S: SharedStore + ?Sized>(shared: &S, key: &str) -> Result<bool, UpdateError> {
     store::ensure_value::<S, Record>(shared, key)
 }
+
+/// Forgets the breaker's history: a CLOSED record with no failure streak and no probes, under a
+/// new generation (so requests admitted before cannot move it). For a breaker the
+/// configuration no longer enables, and for a bucket nobody has used for `bucket_idle_timeout`.
+/// Writes nothing when the record is already fresh.
+pub fn reset(rec: &Record, now: Now) -> Step<()> {
+    let fresh = rec.state == State::Closed && rec.consecutive_failures == 0 && rec.trips == 0;
+    if fresh {
+        return Step::keep(());
+    }
+    let transition = (rec.state != State::Closed).then_some(Transition::Closed);
+    let mut next = rec.close(now);
+    next.probes.clear();
+    next.half_open_successes = 0;
+    Step::write((), next, transition)
+}

@@ -136,3 +136,13 @@ pub fn from_upstream(code_details: Option<&[u8]>, flags: Option<u64>) -> bool {
 pub fn needs_origin(outcome: Outcome, is_probe: bool) -> bool {
     outcome == Outcome::Failure || (is_probe && outcome == Outcome::Success)
 }
+
+/// Whether a HALF_OPEN probe's outcome is settled at its response headers, before the stream
+/// ends: the response goes on (a gRPC stream, server-sent events, a WebSocket, a long
+/// download) and its status already says success. Waiting for the end would outlive
+/// `half_open_probe_timeout`, pass the probe's slot on and drop its result as late: a healthy
+/// streaming route would never close. A failure carried later in the trailers is then not
+/// this probe's to report.
+pub fn probe_settled_at_headers(policy: &BreakerPolicy, r: &Response) -> bool {
+    !r.complete && r.grpc_status.is_none() && by_status(policy, r) == Some(Outcome::Success)
+}

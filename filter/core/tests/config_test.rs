@@ -792,7 +792,7 @@ fn unknown_fields_list_the_expected_ones() {
     assert_eq!(
         error(r#"{"circuit_breakers": {}}"#),
         "circuit_breakers: unknown field, expected one of: service_name, environment, \
-         circuit_breaker, retry, failure_injection, health, mode, bucket_by, max_buckets, stat_prefix, prevent_caller_retries, routes"
+         circuit_breaker, retry, failure_injection, health, mode, bucket_by, max_buckets, stat_prefix, prevent_caller_retries, bucket_idle_timeout, routes"
     );
     assert_eq!(
         error(r#"{"routes": {"users": {"timeout": 1}}}"#),

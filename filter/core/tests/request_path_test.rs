@@ -923,3 +923,117 @@ fn the_upstream_placement_holds_retries_but_does_not_count_them() {
     assert_eq!(action, Action::Pause);
     assert_eq!(worker.plugin.scheduler.len(), 2);
 }
+
+#[test]
+fn a_breaker_the_configuration_disables_is_reset_so_health_recovers() {
+    let envoy = FakeEnvoy::new();
+    let before = Worker::new(
+        &envoy,
+        r#"{"routes": {"users": {"circuit_breaker": {"failure_threshold": 1}}}}"#,
+    );
+    before.call("users", "503");
+    assert_eq!(before.stat("route.users.circuit_state"), 1);
+    // A configuration update (new VMs, same shared data) disables it.
+    let after = Worker::new(
+        &envoy,
+        r#"{"routes": {"users": {"circuit_breaker": {"enabled": false}}}}"#,
+    );
+    envoy.advance_ms(300);
+    after.plugin.tick();
+    assert_eq!(after.stat("route.users.circuit_state"), 0);
+    assert_eq!(after.stat("route.users.circuit_closed_total"), 1);
+}
+
+#[test]
+fn a_bucket_nobody_uses_is_forgotten_after_bucket_idle_timeout() {
+    let envoy = FakeEnvoy::new();
+    let config = r#"{"bucket_idle_timeout": "4s", "health": {"enabled": true},
+        "circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1}}"#;
+    let worker = Worker::new(&envoy, config);
+    worker.call("renamed", "503");
+    envoy.advance_ms(1_100);
+    worker.plugin.tick();
+    assert_eq!(
+        worker.stat("route.renamed.circuit_state"),
+        2,
+        "HALF_OPEN, then no traffic"
+    );
+    let health = |w: &Worker| {
+        w.host()
+            .set_property("source.address", Some(b"127.0.0.1:1"));
+        w.host()
+            .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
+        let mut s = Stream::new(900, w.plugin.clone());
+        s.on_request_headers();
+        w.host().last_reply().unwrap().status
+    };
+    assert_eq!(health(&worker), 503);
+    // Ticks go on without requests; within 1.25 x the idle timeout it is forgotten.
+    for _ in 0..25 {
+        envoy.advance_ms(250);
+        worker.plugin.tick();
+    }
+    assert_eq!(worker.stat("route.renamed.circuit_state"), 0);
+    assert_eq!(health(&worker), 200);
+    // Another worker's health agrees: the registry no longer lists it.
+    let other = Worker::new(&envoy, config);
+    assert_eq!(health(&other), 200);
+    // Used again, it starts afresh, CLOSED.
+    assert_eq!(worker.call("renamed", "200"), Action::Continue);
+}
+
+#[test]
+fn a_bucket_in_use_is_never_forgotten() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"bucket_idle_timeout": "2s", "circuit_breaker": {"failure_threshold": 1,
+            "recovery_timeout": 60}}"#,
+    );
+    worker.call("busy", "503");
+    for _ in 0..40 {
+        envoy.advance_ms(250);
+        worker.plugin.tick();
+        worker.call("busy", "200");
+    }
+    assert_eq!(
+        worker.stat("route.busy.circuit_state"),
+        1,
+        "still OPEN: in use"
+    );
+}
+
+#[test]
+fn a_streaming_probe_is_settled_by_its_response_headers() {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(
+        &envoy,
+        r#"{"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1,
+            "half_open_success_threshold": 1, "half_open_probe_timeout": 2}}"#,
+    );
+    worker.call("stream", "503");
+    envoy.advance_ms(1_001);
+    let (mut probe, action) = worker.request("stream", &[("content-type", "application/grpc")]);
+    assert_eq!(action, Action::Continue);
+    worker
+        .host()
+        .set_headers(Map::ResponseHeaders, &[(":status", "200")]);
+    probe.on_response_headers(false);
+    // Settled while the stream goes on: CLOSED now, not when the stream ends.
+    assert_eq!(worker.stat("route.stream.circuit_closed_total"), 1);
+    assert_eq!(
+        worker.stat("route.stream.active_requests"),
+        1,
+        "still in flight"
+    );
+    envoy.advance_ms(60_000);
+    probe.on_response_body(false);
+    worker
+        .host()
+        .set_headers(Map::ResponseTrailers, &[("grpc-status", "0")]);
+    probe.on_response_trailers();
+    probe.on_log();
+    assert_eq!(worker.stat("route.stream.active_requests"), 0);
+    assert_eq!(worker.stat("route.stream.success_total"), 1, "counted once");
+    assert_eq!(worker.stat("route.stream.circuit_state"), 0);
+}

@@ -492,12 +492,16 @@ fn the_registry_lists_each_bucket_once_and_skips_names_it_could_not_read_back() 
         ("two\nlines", false),
     ] {
         assert_eq!(
-            register(&shared, "p", name, 10).unwrap(),
+            register(&shared, "p", name, 10, 5).unwrap(),
             listed,
             "{name:?}"
         );
     }
-    assert_eq!(registered(&shared, "p"), ["users", "orders"]);
+    let listed: Vec<String> = registered(&shared, "p")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(listed, ["users", "orders"]);
     assert!(registered(&shared, "other").is_empty(), "per stat_prefix");
 }
 
@@ -505,12 +509,15 @@ fn the_registry_lists_each_bucket_once_and_skips_names_it_could_not_read_back() 
 fn the_registry_is_bounded() {
     use marty_resilience_core::registry::{register, registered, MAX_REGISTERED};
     let shared = MemoryStore::new();
-    assert!(register(&shared, "p", "a", 2).unwrap());
-    assert!(register(&shared, "p", "b", 2).unwrap());
-    assert!(!register(&shared, "p", "c", 2).unwrap(), "full: not listed");
-    assert!(register(&shared, "p", "a", 2).unwrap(), "already listed");
+    assert!(register(&shared, "p", "a", 2, 0).unwrap());
+    assert!(register(&shared, "p", "b", 2, 0).unwrap());
+    assert!(
+        !register(&shared, "p", "c", 2, 0).unwrap(),
+        "full: not listed"
+    );
+    assert!(register(&shared, "p", "a", 2, 0).unwrap(), "already listed");
     for i in 0..MAX_REGISTERED + 5 {
-        register(&shared, "q", &format!("r{i}"), usize::MAX).unwrap();
+        register(&shared, "q", &format!("r{i}"), usize::MAX, 0).unwrap();
     }
     assert_eq!(registered(&shared, "q").len(), MAX_REGISTERED);
 }
@@ -523,10 +530,48 @@ fn the_registry_retries_a_lost_race_through_the_bounded_loop() {
     let raced = Cell::new(false);
     *shared.before_set.borrow_mut() = Some(Box::new(move |inner: &MemoryStore| {
         if !raced.replace(true) {
-            register(inner, "p", "other", 10).unwrap();
+            register(inner, "p", "other", 10, 0).unwrap();
         }
     }));
-    assert!(register(&shared, "p", "mine", 10).unwrap());
-    let names = registered(&shared.inner, "p");
+    assert!(register(&shared, "p", "mine", 10, 0).unwrap());
+    let names: Vec<String> = registered(&shared.inner, "p")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert!(names.contains(&"mine".to_string()) && names.contains(&"other".to_string()));
+}
+
+#[test]
+fn the_registry_stamps_use_and_expires_what_nobody_used_but_the_kept_ones() {
+    use marty_resilience_core::registry::{expire, register, registered, stamp};
+    let shared = MemoryStore::new();
+    for name in ["kept", "used", "idle"] {
+        register(&shared, "p", name, 10, 100).unwrap();
+    }
+    stamp(&shared, "p", &["used".to_string()], 1_000).unwrap();
+    let expired = expire(&shared, "p", &["kept".to_string()], 500, 1_200).unwrap();
+    assert_eq!(expired, ["idle"]);
+    let left: Vec<(String, u64)> = registered(&shared, "p")
+        .into_iter()
+        .map(|e| (e.name, e.seen_ns))
+        .collect();
+    assert_eq!(
+        left,
+        [("kept".to_string(), 100), ("used".to_string(), 1_000)]
+    );
+}
+
+#[test]
+fn a_registry_written_before_stamps_existed_still_reads() {
+    use marty_resilience_core::registry::registered;
+    let shared = MemoryStore::new();
+    shared.put_raw(
+        &marty_resilience_core::keys::registry("p"),
+        b"users\norders",
+    );
+    let names: Vec<(String, u64)> = registered(&shared, "p")
+        .into_iter()
+        .map(|e| (e.name, e.seen_ns))
+        .collect();
+    assert_eq!(names, [("users".to_string(), 0), ("orders".to_string(), 0)]);
 }

@@ -104,6 +104,7 @@ const TOP_FIELDS: &[&str] = &[
     "max_buckets",
     "stat_prefix",
     "prevent_caller_retries",
+    "bucket_idle_timeout",
     "routes",
 ];
 
@@ -217,7 +218,15 @@ pub struct Settings {
     /// The filter's own rejections carry `x-envoy-ratelimited` (so a calling Envoy does not
     /// retry them) and `x-envoy-overloaded`.
     pub prevent_caller_retries: bool,
+    /// A bucket no request has used for this long (nanoseconds) is forgotten: its record reset,
+    /// its state gauge 0, and it leaves the health report (the plugin JSON's `routes` stay).
+    pub bucket_idle_timeout: u64,
 }
+
+/// The default `bucket_idle_timeout`: 10 minutes, longer than any default open period.
+pub const DEFAULT_BUCKET_IDLE_TIMEOUT_NS: u64 = 600 * crate::NANOS_PER_SEC;
+/// The shortest `bucket_idle_timeout` accepted.
+pub const MIN_BUCKET_IDLE_TIMEOUT_NS: u64 = crate::NANOS_PER_SEC;
 
 /// The bucket requests share once `max_buckets` buckets exist. Its name cannot be a route or
 /// cluster name the filter would bucket by: it is not a valid stat name and is refused in
@@ -395,6 +404,7 @@ impl Settings {
                 "max_buckets",
                 "stat_prefix",
                 "prevent_caller_retries",
+                "bucket_idle_timeout",
             ],
         )?;
         let bucket_by = match map.get("bucket_by").map(|v| (v, v.as_str())) {
@@ -413,6 +423,22 @@ impl Settings {
         let prevent_caller_retries = match map.get("prevent_caller_retries") {
             Some(v) => json::boolean(v, "prevent_caller_retries")?,
             None => true,
+        };
+        let bucket_idle_timeout = match map.get("bucket_idle_timeout") {
+            Some(v) => {
+                let nanos = json::duration_nanos(v, "bucket_idle_timeout", false)?;
+                if nanos < MIN_BUCKET_IDLE_TIMEOUT_NS {
+                    return Err(err(
+                        "bucket_idle_timeout",
+                        format!(
+                            "must be at least 1s, got {}",
+                            crate::duration::display(nanos)
+                        ),
+                    ));
+                }
+                nanos
+            }
+            None => DEFAULT_BUCKET_IDLE_TIMEOUT_NS,
         };
         let mode = match map.get("mode").map(|v| (v, v.as_str())) {
             None => Mode::Downstream,
@@ -466,6 +492,7 @@ impl Settings {
             max_buckets,
             stat_prefix,
             prevent_caller_retries,
+            bucket_idle_timeout,
         })
     }
 

@@ -24,12 +24,18 @@ pub struct BucketState {
     pub opened_as_of_view: Cell<Option<u64>>,
     /// The route's `enable_metrics`, as of its latest resolution.
     metrics_on: Cell<bool>,
+    /// A request used the bucket since the tick last looked (set on the hot path: no host call).
+    pub used: Cell<bool>,
+    /// When the tick last saw the bucket used (monotonic ns).
+    pub last_used_ns: Cell<u64>,
 }
 
 impl BucketState {
     pub fn new(route: Route, stats: RouteStats) -> Self {
         Self {
             metrics_on: Cell::new(route.policy.circuit_breaker.enable_metrics),
+            used: Cell::new(true),
+            last_used_ns: Cell::new(0),
             route: RefCell::new(Rc::new(route)),
             stats,
             view: RefCell::new(None),

@@ -15,6 +15,7 @@ use crate::{keys, registry};
 pub fn answer<H: Host>(plugin: &Plugin<H>, endpoint: Endpoint) {
     let host = &plugin.host;
     let settings = &plugin.settings.health;
+    let now = plugin.now();
     let allowed = host
         .property(&["source", "address"])
         .and_then(|a| String::from_utf8(a).ok())
@@ -29,9 +30,16 @@ pub fn answer<H: Host>(plugin: &Plugin<H>, endpoint: Endpoint) {
         return;
     }
 
-    let now = plugin.now();
     let prefix = &plugin.settings.stat_prefix;
-    let mut names: BTreeSet<String> = registry::registered(host, prefix).into_iter().collect();
+    // The buckets the configuration has: its `routes`, and every bucket some worker has used
+    // within `bucket_idle_timeout` (older ones are being forgotten).
+    let idle = plugin.settings.bucket_idle_timeout;
+    let mut names: BTreeSet<String> = registry::registered(host, prefix)
+        .into_iter()
+        .filter(|e| now.mono_ns.saturating_sub(e.seen_ns) < idle)
+        .map(|e| e.name)
+        .collect();
+    names.extend(plugin.settings.routes.keys().cloned());
     names.extend(plugin.bucket_names());
     let rows: Vec<_> = names
         .into_iter()

@@ -66,6 +66,7 @@ pub struct Plugin<H: Host> {
     last_housekeeping_ns: Cell<u64>,
     route_epoch: Cell<u64>,
     route_epoch_started_ns: Cell<u64>,
+    last_stamp_ns: Cell<u64>,
 }
 
 impl<H: Host> Plugin<H> {
@@ -92,6 +93,7 @@ impl<H: Host> Plugin<H> {
             last_housekeeping_ns: Cell::new(0),
             route_epoch: Cell::new(0),
             route_epoch_started_ns: Cell::new(0),
+            last_stamp_ns: Cell::new(0),
         };
         let configured: Vec<Route> = plugin
             .settings
@@ -151,7 +153,14 @@ impl<H: Host> Plugin<H> {
             );
             return Some("stat name taken");
         }
-        match registry::register(&self.host, &self.settings.stat_prefix, &route.bucket, max) {
+        let now_ns = self.host.monotonic_ns();
+        match registry::register(
+            &self.host,
+            &self.settings.stat_prefix,
+            &route.bucket,
+            max,
+            now_ns,
+        ) {
             Ok(true) => None,
             Ok(false) => Some("max_buckets reached"),
             Err(e) => {
@@ -176,6 +185,7 @@ impl<H: Host> Plugin<H> {
                 &self.settings.stat_prefix,
                 OVERFLOW_BUCKET,
                 self.settings.max_buckets as usize + 1,
+                self.host.monotonic_ns(),
             );
             self.create(resolve(&self.settings, OVERFLOW_BUCKET, None).route)
         })
@@ -261,6 +271,13 @@ impl<H: Host> Plugin<H> {
     /// redirect): no breaker counts it. A route-named bucket costs no host call once cached;
     /// a cluster-named one reads the cluster name on every request.
     pub fn bucket_for(&self, route_name: &str) -> Option<Rc<BucketState>> {
+        let bucket = self.find_bucket(route_name)?;
+        // For ageing: a flag, no host call.
+        bucket.used.set(true);
+        Some(bucket)
+    }
+
+    fn find_bucket(&self, route_name: &str) -> Option<Rc<BucketState>> {
         let epoch = self.route_epoch.get();
         match named_by(self.settings.bucket_by, route_name) {
             NamedBy::Route => {
@@ -389,6 +406,71 @@ impl<H: Host> Plugin<H> {
         }
     }
 
+    /// Bucket ageing, from the tick: stamps the buckets this worker saw used in the shared
+    /// registry (at most every quarter of `bucket_idle_timeout`, and every 30 s), forgets the
+    /// ones it has not seen used for `bucket_idle_timeout`, and has the registry drop (and
+    /// their records reset) the ones no worker has stamped for that long. The plugin JSON's
+    /// `routes` are never forgotten.
+    fn age_buckets(&self, now: Now) {
+        let idle = self.settings.bucket_idle_timeout;
+        let every = (idle / 4).min(30 * NANOS_PER_SEC);
+        if now.mono_ns.saturating_sub(self.last_stamp_ns.get()) < every {
+            return;
+        }
+        self.last_stamp_ns.set(now.mono_ns);
+        let prefix = &self.settings.stat_prefix;
+        let mut used = Vec::new();
+        let mut forgotten = Vec::new();
+        for (name, bucket) in self.buckets.borrow().iter() {
+            if bucket.used.replace(false) {
+                bucket.last_used_ns.set(now.mono_ns);
+                used.push(name.clone());
+            } else if now.mono_ns.saturating_sub(bucket.last_used_ns.get()) >= idle
+                && !self.settings.routes.contains_key(name)
+            {
+                forgotten.push(name.clone());
+            }
+        }
+        if !used.is_empty() {
+            if let Err(e) = registry::stamp(&self.host, prefix, &used, now.mono_ns) {
+                self.store_failed(&keys::registry(prefix), e);
+            }
+        }
+        if !forgotten.is_empty() {
+            let mut buckets = self.buckets.borrow_mut();
+            let mut stat_names = self.stat_names.borrow_mut();
+            for name in &forgotten {
+                if let Some(bucket) = buckets.remove(name) {
+                    stat_names.remove(&bucket.route.borrow().stat_name);
+                }
+            }
+            // Cached resolutions point at the forgotten buckets: resolve afresh.
+            self.route_epoch.set(self.route_epoch.get().wrapping_add(1));
+        }
+        let keep: Vec<String> = self.settings.routes.keys().cloned().collect();
+        match registry::expire(&self.host, prefix, &keep, idle, now.mono_ns) {
+            Ok(expired) => {
+                for name in expired {
+                    log::info!("bucket {name:?}: unused for bucket_idle_timeout; forgotten");
+                    let key = keys::breaker(prefix, &name);
+                    if let Err(e) =
+                        breaker::update(&self.host, &key, |rec| breaker::reset(rec, now))
+                    {
+                        self.store_failed(&key, e);
+                    }
+                    let scope = RouteStats::scope(prefix, &crate::config::stat_name(&name));
+                    let gauge = crate::stats::Stat::define(
+                        &self.host,
+                        crate::host::MetricKind::Gauge,
+                        &format!("{scope}.circuit_state"),
+                    );
+                    gauge.record(&self.host, 0);
+                }
+            }
+            Err(e) => self.store_failed(&keys::registry(prefix), e),
+        }
+    }
+
     pub fn store_failed(&self, key: &str, e: UpdateError) {
         match e {
             UpdateError::Exhausted => {
@@ -423,6 +505,7 @@ impl<H: Host> Plugin<H> {
             self.route_epoch.set(self.route_epoch.get().wrapping_add(1));
             self.route_epoch_started_ns.set(now.mono_ns);
         }
+        self.age_buckets(now);
         let buckets: Vec<Rc<BucketState>> = self.buckets.borrow().values().cloned().collect();
         for bucket in buckets {
             let route = bucket.route();
@@ -430,7 +513,21 @@ impl<H: Host> Plugin<H> {
                 self.flush_budget(&bucket, &route, now.mono_ns);
             }
             let policy = &route.policy.circuit_breaker;
-            if !policy.enabled || bucket.is_quiet(&self.host) {
+            if !policy.enabled {
+                // A breaker the configuration no longer enables must not stay OPEN in shared
+                // data (health would report it for good): reset it once.
+                let settled = bucket
+                    .view
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|v| v.state == breaker::State::Closed);
+                if !settled {
+                    let _ = self.update(&bucket, |rec| breaker::reset(rec, now));
+                    bucket.stats.circuit_state.record(&self.host, 0);
+                }
+                continue;
+            }
+            if bucket.is_quiet(&self.host) {
                 continue;
             }
             if self

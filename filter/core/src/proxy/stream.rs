@@ -16,7 +16,9 @@ use super::plugin::ThenAbort;
 use super::reply::{self, Rejection};
 use super::{health_endpoint, take_slot, Action, Plugin};
 use crate::breaker::{self, Decision, Outcome, State, Ticket};
-use crate::classify::{classify, from_upstream, needs_flags, needs_origin, Response};
+use crate::classify::{
+    classify, from_upstream, needs_flags, needs_origin, probe_settled_at_headers, Response,
+};
 use crate::config::Mode;
 use crate::fault::Fault;
 use crate::health;
@@ -332,8 +334,37 @@ impl<H: Host> Stream<H> {
                 .host()
                 .header(Map::ResponseHeaders, "grpc-status")
                 .and_then(|s| parse_u32(&s));
+        } else {
+            self.settle_streaming_probe();
         }
         Action::Continue
+    }
+
+    /// A probe whose response goes on past its headers is settled by them (see
+    /// [`probe_settled_at_headers`]): its success is recorded now, its slot given back; the
+    /// request keeps its `active_requests` slot until the stream ends.
+    fn settle_streaming_probe(&mut self) {
+        let (Some(bucket), Some(ticket)) = (self.bucket.clone(), self.ticket) else {
+            return;
+        };
+        if ticket.probe.is_none() || self.plugin.settings.mode != Mode::Downstream {
+            return;
+        }
+        let route = bucket.route();
+        let policy = &route.policy.circuit_breaker;
+        if !probe_settled_at_headers(policy, &self.response) {
+            return;
+        }
+        let details = self.host().property(&["response", "code_details"]);
+        if !from_upstream(details.as_deref(), None) {
+            return;
+        }
+        self.ticket = None;
+        bucket.count(self.host(), bucket.stats.success, 1);
+        let now = self.plugin.now();
+        let _ = self.plugin.update(&bucket, |rec| {
+            breaker::record(rec, policy, now, ticket, Outcome::Success)
+        });
     }
 
     pub fn on_response_body(&mut self, end_of_stream: bool) -> Action {
