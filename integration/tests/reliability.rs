@@ -225,3 +225,31 @@ fn a_grpc_server_stream_probe_closes_the_breaker_while_it_streams() {
     assert_eq!(value(&envoy, "stream", "success_total"), 1, "counted once");
     assert_eq!(value(&envoy, "stream", "circuit_closed_total"), 1);
 }
+
+#[test]
+fn raising_the_log_level_at_run_time_reaches_the_filter() {
+    // The filter asks Envoy for the `wasm` log level on every housekeeping tick (250 ms), so
+    // `/logging?wasm=debug` takes effect without a reload (docs/troubleshooting.md).
+    let upstream = Upstream::start();
+    let envoy = common::envoy(
+        &upstream,
+        json!({"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 60}}),
+        vec![RouteSpec::new("users", "/")],
+    );
+    http1(envoy.port(), "GET", "/", &answer("u", "503")).unwrap();
+    wait_state(&envoy, "users", 1);
+    let line = "route users: rejected (marty_circuit_open)";
+    http1(envoy.port(), "GET", "/", &answer("u", "200")).unwrap();
+    assert!(!envoy.log().contains(line), "info level: no debug line yet");
+    let raised = http1(envoy.admin_port(), "POST", "/logging?wasm=debug", &[]).unwrap();
+    assert_eq!(raised.status, 200);
+    let deadline = Instant::now() + WAIT;
+    while !envoy.log().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "the filter never logged at debug"
+        );
+        http1(envoy.port(), "GET", "/", &answer("u", "200")).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
