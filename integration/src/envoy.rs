@@ -615,6 +615,11 @@ impl Envoy {
         self.admin_port
     }
 
+    /// The Envoy process id (to read its memory from `/proc`, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -151,6 +151,11 @@ impl Upstream {
         lock(&self.state).requests.len()
     }
 
+    /// Every request received, in arrival order.
+    pub fn all_requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state).requests.clone()
+    }
+
     pub fn requests(&self, key: &str) -> Vec<RecordedRequest> {
         lock(&self.state)
             .requests

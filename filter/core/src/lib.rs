@@ -16,6 +16,8 @@ pub mod classify;
 pub mod config;
 pub mod duration;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod host;
 pub mod keys;

@@ -165,6 +165,25 @@ fn stale_buckets_are_dropped_however_long_the_route_was_quiet() {
 }
 
 #[test]
+fn counts_added_over_an_empty_bucket_naming_another_epoch_stay_readable() {
+    // Found by fuzzing (fuzz/regressions/budget_record/): the decoder accepts an empty bucket
+    // whatever its epoch; one naming a later epoch of another slot used to keep that epoch
+    // when counts were added, giving a record that no longer decodes (the counts were lost as
+    // "corrupt" on the next read).
+    let mut rec = Record {
+        width_ns: S,
+        ..Record::default()
+    };
+    rec.buckets[5].epoch = 262_144; // slot 4's epoch, in slot 5, with no counts
+    let bytes = rec.encode();
+    assert_eq!(Record::decode(&bytes).as_ref(), Some(&rec));
+    let rec = add(&rec, 15 * S, WINDOW, 1, 1, 1);
+    assert_eq!(Record::decode(&rec.encode()).as_ref(), Some(&rec));
+    assert_eq!(rec.buckets[5].epoch, 15);
+    assert_eq!(totals(&rec, 15 * S, WINDOW), (1, 1, 1));
+}
+
+#[test]
 fn counts_saturate() {
     let rec = built(&[(0, (u32::MAX, u32::MAX, u32::MAX)), (1, (1, 1, 1))]);
     assert_eq!(rec.buckets[0].requests, u32::MAX);

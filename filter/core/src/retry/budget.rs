@@ -190,7 +190,10 @@ pub fn add(
     };
     let epoch = now_ns / width;
     if let Some(bucket) = next.buckets.get_mut(slot(epoch)) {
-        if bucket.epoch < epoch {
+        // An empty bucket holds nothing to keep, whatever epoch it names: it takes ours. (The
+        // decoder accepts any epoch in an empty bucket; keeping a newer one that is not of
+        // this slot would write a record the decoder then refuses as corrupt.)
+        if bucket.epoch < epoch || bucket.is_empty() {
             *bucket = Bucket {
                 epoch,
                 ..Bucket::default()
