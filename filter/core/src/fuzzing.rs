@@ -14,9 +14,10 @@ use crate::breaker::{self, Decision, Now, Outcome, Record, State, Transition};
 use crate::config::{Environment, RoutePolicy, Settings};
 use crate::fault::header::{self, Spec, MAX_VALUE_LEN};
 use crate::pbstruct;
+use crate::registry::{self, MAX_REGISTERED};
 use crate::retry::budget;
 use crate::routes;
-use crate::store::{self, MemoryStore, MAX_REGISTERED_ROUTES, ROUTES_KEY};
+use crate::store::MemoryStore;
 
 /// What a fuzz body reports: `Err` names the broken invariant and what showed it.
 pub type Checked = Result<(), String>;
@@ -373,10 +374,11 @@ pub fn budget_record(data: &[u8]) -> Checked {
     )
 }
 
-/// The shared route list: any stored bytes read as names that are non-empty, single-line and
-/// at most [`MAX_REGISTERED_ROUTES`]; registering a name (the first line of the input) then
-/// lists it, unless the list is full.
+/// The shared bucket registry: any stored bytes read as entries whose names are non-empty,
+/// single-line and tab-free, at most [`MAX_REGISTERED`]; registering a name (the first part of
+/// the input) then lists it, unless the list is full; expiring keeps the kept names.
 pub fn route_registry(data: &[u8]) -> Checked {
+    const PREFIX: &str = "fuzz";
     let (name, stored) = match data.iter().position(|b| *b == 0) {
         Some(nul) => {
             let (name, rest) = data.split_at(nul);
@@ -388,28 +390,42 @@ pub fn route_registry(data: &[u8]) -> Checked {
         None => (Default::default(), data),
     };
     let store = MemoryStore::new();
-    store.put_raw(ROUTES_KEY, stored);
-    let names = store::registered(&store);
-    ensure(names.len() <= MAX_REGISTERED_ROUTES, || {
+    store.put_raw(&crate::keys::registry(PREFIX), stored);
+    let names: Vec<String> = registry::registered(&store, PREFIX)
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    ensure(names.len() <= MAX_REGISTERED, || {
         format!("{} names listed", names.len())
     })?;
-    ensure(
-        names.iter().all(|n| !n.is_empty() && !n.contains('\n')),
-        || format!("a listed name is empty or has a newline: {names:?}"),
-    )?;
-    // Names with a newline are refused by configuration (issue 10, item 8): not checked here.
-    if name.is_empty() || name.contains('\n') {
-        return Ok(());
-    }
-    if store::register(&store, &name).is_err() {
-        return Err(format!("registering {name:?} failed in memory"));
-    }
-    let after = store::registered(&store);
-    let full = names.len() >= MAX_REGISTERED_ROUTES;
-    ensure(full || after.iter().any(|n| *n == name), || {
-        format!("{name:?} is not listed after registering: {after:?}")
+    ensure(names.iter().all(|n| !n.contains('\n')), || {
+        format!("a listed name has a newline: {names:?}")
     })?;
-    ensure(after.len() <= MAX_REGISTERED_ROUTES, || {
+    let listed = registry::register(&store, PREFIX, &name, MAX_REGISTERED, 7)
+        .map_err(|e| format!("registering {name:?} failed in memory: {e:?}"))?;
+    let after: Vec<String> = registry::registered(&store, PREFIX)
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    let refusable = name.is_empty() || name.contains(['\n', '\r', '\t']);
+    let full = names.len() >= MAX_REGISTERED;
+    if !refusable {
+        ensure(
+            listed == after.iter().any(|n| *n == name) && (full || listed),
+            || format!("{name:?} (listed: {listed}) after registering: {after:?}"),
+        )?;
+    }
+    ensure(after.len() <= MAX_REGISTERED, || {
         format!("{} names listed after registering", after.len())
+    })?;
+    let kept = vec![name.to_string()];
+    registry::expire(&store, PREFIX, &kept, 1, u64::MAX)
+        .map_err(|e| format!("expiring failed in memory: {e:?}"))?;
+    let left: Vec<String> = registry::registered(&store, PREFIX)
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    ensure(left.iter().all(|n| *n == name), || {
+        format!("expiry kept {left:?}, only {name:?} was to stay")
     })
 }
