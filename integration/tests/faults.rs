@@ -978,8 +978,10 @@ fn the_metadata_trigger_works_without_the_header_trigger() {
     // injection is on, even with the header trigger off; invalid metadata is counted and ignored.
     let upstream = Upstream::start();
     let config = json!({"routes": {
-        "meta": route_entry(injection(json!({}))),
+        "meta": route_entry(injection(json!({"metadata_trigger": true}))),
         "off": {"circuit_breaker": {"failure_threshold": 5}},
+        // Injection on, but the metadata trigger not: the metadata is never looked at.
+        "unread": route_entry(injection(json!({}))),
     }});
     let envoy = start_logged(
         EnvoyConfig::new(upstream.port())
@@ -987,6 +989,7 @@ fn the_metadata_trigger_works_without_the_header_trigger() {
             .routes(vec![
                 RouteSpec::new("meta", "/meta"),
                 RouteSpec::new("off", "/off"),
+                RouteSpec::new("unread", "/unread"),
             ]),
         vec![header_to_metadata()],
     );
@@ -1029,6 +1032,8 @@ fn the_metadata_trigger_works_without_the_header_trigger() {
     );
 
     // Where injection is off the metadata is not read at all.
+    let r = send("/unread", "m-unread", &[("x-meta-inject", "abort=418")]);
+    assert_eq!(r.status, 200, "metadata_trigger off: {r:?}");
     let r = send("/off", "m-off", &[("x-meta-inject", "abort=418")]);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(upstream.count("m-off"), 1);

@@ -36,6 +36,7 @@ struct Names {
     route_counters: Vec<String>,
     route_gauges: Vec<String>,
     global_counters: Vec<String>,
+    global_gauges: Vec<String>,
 }
 
 fn names() -> Names {
@@ -43,6 +44,7 @@ fn names() -> Names {
         route_counters: strings(RouteStats::COUNTERS),
         route_gauges: strings(RouteStats::GAUGES),
         global_counters: strings(PluginStats::COUNTERS),
+        global_gauges: strings(PluginStats::GAUGES),
     };
     assert!(names.route_counters.len() >= 12 && names.route_gauges.len() >= 3);
     assert!(names.global_counters.len() >= 4);
@@ -327,6 +329,17 @@ fn every_filter_metric_is_scraped_per_route_with_its_documented_type() {
         );
         assert_eq!(found[0].value, 0.0, "{metric}: nothing went wrong");
     }
+    for leaf in &names.global_gauges {
+        assert_eq!(
+            documented.get(leaf.as_str()).map(String::as_str),
+            Some("gauge"),
+            "{leaf}"
+        );
+        let metric = format!("{GLOBAL_PREFIX}{leaf}");
+        let found = samples.get(&metric).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(found.len(), 1, "{metric}: {}", dump());
+        assert_eq!(found[0].kind, "gauge", "{metric}");
+    }
 
     // Nothing else: no route name left inside a metric name, no `_total` added by Envoy.
     let known: BTreeSet<String> = route_metrics
@@ -336,6 +349,7 @@ fn every_filter_metric_is_scraped_per_route_with_its_documented_type() {
             names
                 .global_counters
                 .iter()
+                .chain(&names.global_gauges)
                 .map(|leaf| format!("{GLOBAL_PREFIX}{leaf}")),
         )
         .collect();
@@ -463,9 +477,11 @@ fn dashboard_is_well_formed() {
     assert_eq!(query, definition);
 
     // `route_config_rejected_total` is filter-wide, whatever its name looks like.
-    let globals: BTreeSet<String> = names()
+    let listed = names();
+    let globals: BTreeSet<String> = listed
         .global_counters
         .iter()
+        .chain(&listed.global_gauges)
         .map(|leaf| format!("{GLOBAL_PREFIX}{leaf}"))
         .collect();
     let route_metric = Regex::new(r"(marty_resilience_route_[a-z_]+)(\{[^}]*\})?").expect("regex");
@@ -528,6 +544,7 @@ fn dashboard_is_well_formed() {
             names
                 .global_counters
                 .iter()
+                .chain(&names.global_gauges)
                 .map(|leaf| format!("{GLOBAL_PREFIX}{leaf}")),
         )
         .collect();

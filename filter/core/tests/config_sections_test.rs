@@ -67,7 +67,8 @@ fn everything_changed() -> Value {
             "abort": {"http_status": 500, "grpc_status": "INTERNAL"},
             "delay": {"duration": 0.1, "rate": 0.2, "max": 3},
             "max_active_faults": 9,
-            "header_trigger": {"enabled": true, "header": "x-chaos", "token": "s3cret", "propagate": true}
+            "header_trigger": {"enabled": true, "header": "x-chaos", "token": "s3cret", "propagate": true},
+            "metadata_trigger": true
         }
     })
 }

@@ -67,7 +67,7 @@ const CB_FIELDS: &str = "enabled, failure_threshold, recovery_timeout, recovery_
     ignored_status_codes, failure_grpc_status, count_connect_failures, enable_metrics, error_classifier";
 
 const FI_FIELDS: &str = "enabled, base_failure_rate, method_specific_rates, abort, delay, \
-    max_active_faults, header_trigger";
+    max_active_faults, header_trigger, metadata_trigger";
 
 const UNKNOWN_VARIABLE: &str = "unknown variable, expected MARTY_RESILIENCE_SERVICE_NAME, \
     MARTY_RESILIENCE_ENVIRONMENT, MARTY_RESILIENCE_CIRCUIT_BREAKER_<FIELD>, \
@@ -464,6 +464,7 @@ fn unknown_marty_resilience_variables_are_rejected() {
     }
     let fault_vars = "MARTY_RESILIENCE_FAILURE_INJECTION_ENABLED, MARTY_RESILIENCE_FAILURE_INJECTION_BASE_FAILURE_RATE, \
         MARTY_RESILIENCE_FAILURE_INJECTION_METHOD_SPECIFIC_RATES, MARTY_RESILIENCE_FAILURE_INJECTION_MAX_ACTIVE_FAULTS, \
+        MARTY_RESILIENCE_FAILURE_INJECTION_METADATA_TRIGGER, \
         MARTY_RESILIENCE_FAILURE_INJECTION_ABORT_HTTP_STATUS, MARTY_RESILIENCE_FAILURE_INJECTION_ABORT_GRPC_STATUS, \
         MARTY_RESILIENCE_FAILURE_INJECTION_DELAY_DURATION, MARTY_RESILIENCE_FAILURE_INJECTION_DELAY_RATE, \
         MARTY_RESILIENCE_FAILURE_INJECTION_DELAY_MAX, MARTY_RESILIENCE_FAILURE_INJECTION_HEADER_TRIGGER_ENABLED, \

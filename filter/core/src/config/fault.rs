@@ -53,6 +53,7 @@ pub fn default_policy() -> FaultPolicy {
             max: 10 * NANOS_PER_SEC,
         },
         max_active_faults: 100,
+        metadata_trigger: false,
         header_trigger: HeaderTrigger {
             enabled: false,
             header: "x-failure-inject".to_string(),
@@ -75,6 +76,7 @@ section! {
         delay: object(DelayPatch),
         max_active_faults: value(u32, max_active_faults, u32_in(0, u32::MAX), plain),
         header_trigger: object(HeaderTriggerPatch),
+        metadata_trigger: value(bool, metadata_trigger, boolean, plain),
     }
 }
 

@@ -118,6 +118,9 @@ pub struct FaultPolicy {
     /// Faults in progress at once on the route, across workers; 0 means no limit.
     pub max_active_faults: u32,
     pub header_trigger: HeaderTrigger,
+    /// Honour the `failure_inject` dynamic metadata another filter of the chain sets. Off
+    /// unless configured: looking for it costs a host call on every request of the route.
+    pub metadata_trigger: bool,
 }
 
 impl FaultPolicy {

@@ -94,9 +94,12 @@ impl<H: Host> Stream<H> {
     ) -> Option<(Spec, Trigger)> {
         let host = self.host();
         let mut requested = None;
-        if let Some(value) =
+        let metadata = if policy.metadata_trigger {
             host.property(&["metadata", "filter_metadata", NAMESPACE, "failure_inject"])
-        {
+        } else {
+            None
+        };
+        if let Some(value) = metadata {
             match trigger::parse(&value) {
                 Ok(spec) => requested = Some((spec, Trigger::Metadata)),
                 Err(invalid) => {
@@ -110,13 +113,18 @@ impl<H: Host> Stream<H> {
         }
 
         let header_trigger = &policy.header_trigger;
-        // The token never travels upstream, whether or not it was right or needed.
+        // Where a token is configured it never travels upstream, whether or not it was right.
+        // Where none is, the header means nothing to the filter and passes untouched (saving a
+        // host call per request).
         let presented = if header_trigger.token.is_some() {
-            host.header(Map::RequestHeaders, TOKEN_HEADER)
+            let presented = host.header(Map::RequestHeaders, TOKEN_HEADER);
+            if presented.is_some() {
+                host.remove_header(Map::RequestHeaders, TOKEN_HEADER);
+            }
+            presented
         } else {
             None
         };
-        host.remove_header(Map::RequestHeaders, TOKEN_HEADER);
         if let Some(value) = host.header(Map::RequestHeaders, &header_trigger.header) {
             let accepted = self.header_fault(bucket, policy, route, &value, presented.as_deref());
             if !(header_trigger.propagate && accepted.is_some()) {
