@@ -594,3 +594,15 @@ pub fn reset(rec: &Record, now: Now) -> Step<()> {
     next.half_open_successes = 0;
     Step::write((), next, transition)
 }
+
+/// Rejection from a worker's last view, without reading shared data, while that view is OPEN
+/// and its open period has not run out: before `open_until` nothing but time moves an OPEN
+/// breaker (a reset by configuration or age is the rare exception, seen at the next read). The
+/// path of every rejected request, so it must not copy the record into the VM.
+pub fn reject_cached(view: Option<&Record>, now_ns: u64) -> Option<Decision> {
+    let view = view.filter(|v| v.state == State::Open && now_ns < v.open_until_ns)?;
+    Some(Decision::Reject {
+        state: State::Open,
+        retry_after_ns: view.open_until_ns - now_ns,
+    })
+}

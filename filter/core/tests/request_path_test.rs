@@ -142,6 +142,9 @@ fn failures_open_the_breaker_and_an_open_breaker_replies_503_without_the_upstrea
         .iter()
         .any(|(n, v)| *n == "retry-after" && v == "1"));
     assert_eq!(worker.stat("route.users.rejected_total"), 1);
+    // Further rejections come from this worker's view of the OPEN record: no shared-data read.
+    assert_eq!(worker.call("users", "200"), Action::Pause);
+    assert_eq!(worker.host().count("get_shared_data"), 0);
     // Other buckets are untouched.
     assert_eq!(worker.call("", "200"), Action::Continue);
 }

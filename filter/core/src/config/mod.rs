@@ -390,23 +390,13 @@ impl Settings {
             .or(json_service_name)
             .unwrap_or_default();
 
-        let top = RoutePatch::parse_sections(
-            map,
-            "",
-            TOP_FIELDS,
-            &[
-                "service_name",
-                "environment",
-                "routes",
-                "health",
-                "mode",
-                "bucket_by",
-                "max_buckets",
-                "stat_prefix",
-                "prevent_caller_retries",
-                "bucket_idle_timeout",
-            ],
-        )?;
+        // The top level's own fields are read below; the route sections by `parse_sections`.
+        let own: Vec<&str> = TOP_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| !ROUTE_FIELDS.contains(f))
+            .collect();
+        let top = RoutePatch::parse_sections(map, "", TOP_FIELDS, &own)?;
         let bucket_by = match map.get("bucket_by").map(|v| (v, v.as_str())) {
             None | Some((_, Some("route"))) => BucketBy::Route,
             Some((_, Some("cluster"))) => BucketBy::Cluster,

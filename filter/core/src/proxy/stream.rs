@@ -165,15 +165,19 @@ impl<H: Host> Stream<H> {
         let decision = match bucket.admit_cached(self.host()) {
             Some(ticket) => Decision::Allow(ticket),
             None => {
-                // The clock only when the record must be read: the cached path needs no time.
+                // The clock only past the cached admission: it needs no time.
                 let now = self.plugin.now();
-                match self
-                    .plugin
-                    .update(bucket, |rec| breaker::admit(rec, policy, now))
-                {
-                    Ok(step) => step.result,
-                    // Shared state unavailable: let the request through untracked (fail open).
-                    Err(_) => return Action::Continue,
+                let cached = breaker::reject_cached(bucket.view.borrow().as_ref(), now.mono_ns);
+                match cached {
+                    Some(rejection) => rejection,
+                    None => match self
+                        .plugin
+                        .update(bucket, |rec| breaker::admit(rec, policy, now))
+                    {
+                        Ok(step) => step.result,
+                        // Shared state unavailable: let the request through untracked.
+                        Err(_) => return Action::Continue,
+                    },
                 }
             }
         };
