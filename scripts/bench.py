@@ -94,7 +94,7 @@ class Variant:
     # How the measured requests are answered: "upstream" (200 from the upstream), "breaker" (503 by
     # the open breaker) or "abort" (503 by an injected fault).
     answer: str = "upstream"
-    probe: str | None = None  # after the measurement, prove the feature is live: "health", "faults", "retry"
+    probes: tuple[str, ...] = ()  # after the measurement, prove these features live: "health", "faults", "retry"
     bench_route_name: str = ROUTE  # diagnostics only: "" (unnamed) or a name absent from `routes`
     bucket: str = ROUTE  # the filter's stats bucket the requests land in
     module: str = "filter"  # "filter" or "noop" (diagnostics)
@@ -109,16 +109,16 @@ VARIANTS = {
                          Goal("over", 1_500)),
     "+faults": Variant("+ fault injection enabled, rate 0, header trigger on, no header sent",
                        plugin({"circuit_breaker": dict(BREAKER), "failure_injection": FAULTS_AT_RATE_0}),
-                       Goal("over", 5_000), probe="faults"),
+                       Goal("over", 5_000), probes=("faults",)),
     "+health": Variant("+ health endpoint enabled (request not for it)",
                        plugin({"circuit_breaker": dict(BREAKER)}, health=HEALTH), Goal("over", 1_000),
-                       probe="health"),
+                       probes=("health",)),
     "+retry": Variant("+ retry enabled (`max_attempts: 3`)", plugin({"circuit_breaker": dict(BREAKER), "retry": RETRY}),
-                      Goal("over", 25_000), probe="retry"),
+                      Goal("over", 25_000), probes=("retry",)),
     "everything": Variant("everything above at once",
                           plugin({"circuit_breaker": dict(BREAKER, **BULKHEAD), "failure_injection": FAULTS_AT_RATE_0,
                                   "retry": RETRY}, health=HEALTH),
-                          Goal("ratio", 1.53, True), probe="health"),
+                          Goal("ratio", 1.53, True), probes=("health", "faults", "retry")),
     "open": Variant("breaker open: local 503", plugin({"circuit_breaker": BREAKER_TRIPS_AT_ONCE}),
                     Goal("ratio", 0.97), answer="breaker"),
     "abort": Variant("injected abort: local 503",
@@ -553,9 +553,8 @@ def settled_stats(e: Envoy, name: str, ledger: Ledger | None, timeout: float = 3
         time.sleep(0.2)
 
 
-def probe(name: str, e: Envoy) -> None:
-    """After the measurement: proves the variant's feature is live, so a silently ignored config is caught."""
-    what = ALL_VARIANTS[name].probe
+def probe(name: str, e: Envoy, what: str) -> None:
+    """After the measurement: proves a feature of the variant is live, so a silently ignored config is caught."""
     if what == "health":
         code, body, _ = http_get(e.port, HEALTH_PATH, timeout=60)
         if code != 200 or '"overall_healthy"' not in body:
@@ -666,7 +665,8 @@ def measure_callgrind(args, v: str, e: Envoy, cgdir: Path) -> dict:
     log(f"   {v}: {total / n:,.0f} Ir/request ({n} requests in {took:.1f} s; idle timers "
         f"{idle / idle_s:,.0f} Ir/s = ~{background:,.0f} Ir/request of it); stats agree: "
         f"{ledger.sent} sent, {ledger.upstream} upstream, {dict(ledger.status)}, {dict(ledger.leaves) or 'no trigger'}")
-    probe(v, e)
+    for what in ALL_VARIANTS[v].probes:
+        probe(v, e, what)
     return {"ir_total": total, "requests": n, "ir_per_request": total / n, "seconds": took,
             "idle_ir_per_s": idle / idle_s, "background_ir_per_request": background,
             "net_ir_per_request": total / n - background}
