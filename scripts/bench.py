@@ -868,10 +868,10 @@ def run_rss_flatness(args, upstream: Envoy) -> dict:
 
         def serve(target: int, samples: list[int]) -> None:
             served = settled_stats(e, "breaker", None).get(HCM_PREFIX + "downstream_rq_completed", 0)
+            chunk = (target - served) / 10  # about ten bursts (ten RSS samples) per phase
             rate = 5_000.0  # requests/s guess for the first burst; then measured
             while served < target:
-                # About ten bursts (ten RSS samples) per phase.
-                seconds = round(min(20.0, max(1.0, min(target - served, args.rss_requests / 10) / rate)))
+                seconds = round(min(20.0, max(1.0, min(target - served, chunk) / rate)))
                 res = wrk(e.port, seconds, args.conns, None)
                 now = settled_stats(e, "breaker", None).get(HCM_PREFIX + "downstream_rq_completed", 0)
                 rate = max(100.0, (now - served) / seconds)
@@ -933,7 +933,8 @@ def cost_rows(cg: dict, failed: dict, variants: list[str]) -> tuple[list[list[st
         else:
             delta = net(r) - net(breaker)
             ok = delta <= g.limit
-            rows.append([var.label, f"{delta / 1e3:+.1f}k", "", g.text(), verdict(ok)])
+            shown = round(delta / 1e3, 1) + 0.0  # + 0.0: no "-0.0k" for a few Ir below breaker
+            rows.append([var.label, f"{shown:+.1f}k", "", g.text(), verdict(ok)])
             if not ok:
                 missed.append(f"{v}: {delta / 1e3:+.1f}k Ir over breaker, goal {g.text().strip('*')}")
     return rows, missed
