@@ -48,16 +48,19 @@ pub const RETRY_ON_HEADER: &str = "x-envoy-retry-on";
 pub const RETRY_GRPC_ON_HEADER: &str = "x-envoy-retry-grpc-on";
 pub const RETRIABLE_STATUS_CODES_HEADER: &str = "x-envoy-retriable-status-codes";
 pub const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+///
+/// Only the headers that could make a request go out more often than the policy says, or hold
+/// it longer, need removing: the filter always sets `x-envoy-max-retries`, which bounds every
+/// retry and hedge whatever other header a client sends, and replaces each header it sets. So
+/// what is left to remove is a per-try timeout the policy leaves unset (a shorter one would
+/// spend the retries faster) and `x-envoy-attempt-count`, by which the upstream placement
+/// times a try (a client's own value, where the virtual host does not set one, must not hold
+/// its request, and its `active_requests` slot, for the longest backoff). Each removal is a host
+/// call per request: the list is kept to these.
 pub const CLIENT_RETRY_HEADERS: &[&str] = &[
     MAX_RETRIES_HEADER,
     RETRY_ON_HEADER,
-    RETRY_GRPC_ON_HEADER,
-    RETRIABLE_STATUS_CODES_HEADER,
     PER_TRY_TIMEOUT_HEADER,
-    "x-envoy-retriable-header-names",
-    "x-envoy-hedge-on-per-try-timeout",
-    // Not a retry header, but the upstream placement times a try by it: a client's own value
-    // (where the virtual host does not set it) must not choose the backoff.
     "x-envoy-attempt-count",
 ];
 
@@ -91,13 +94,26 @@ impl RetryPolicy {
     /// an unset per-try timeout set nothing.
     pub fn headers(&self, max_retries: u32) -> Vec<(&'static str, String)> {
         let mut headers = vec![(MAX_RETRIES_HEADER, max_retries.to_string())];
-        if !self.retry_on.is_empty() {
-            headers.push((RETRY_ON_HEADER, self.retry_on.join(",")));
+        // `retriable-status-codes` adds nothing where `5xx` already retries every listed code:
+        // left out, it saves a header write per request.
+        let covered = self.retry_on.iter().any(|c| c == "5xx")
+            && self
+                .retriable_status_codes
+                .iter()
+                .all(|c| (500..=599).contains(c));
+        let retry_on: Vec<&str> = self
+            .retry_on
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !(covered && *c == "retriable-status-codes"))
+            .collect();
+        if !retry_on.is_empty() {
+            headers.push((RETRY_ON_HEADER, retry_on.join(",")));
         }
         if !self.grpc_retry_on.is_empty() {
             headers.push((RETRY_GRPC_ON_HEADER, self.grpc_retry_on.join(",")));
         }
-        if !self.retriable_status_codes.is_empty() {
+        if !self.retriable_status_codes.is_empty() && !covered {
             let codes: Vec<String> = self
                 .retriable_status_codes
                 .iter()
