@@ -19,8 +19,8 @@ use std::thread;
 
 use common::{for_each_seed, MS, S};
 use marty_resilience_core::retry::budget::{
-    self, add, allows_retry, bucket_width, failure_ratio, flush, totals, Bucket, Pending, Policy,
-    Record, Snapshot, BUCKETS, RECORD_LEN, RECORD_VERSION,
+    self, add, allows_retry, failure_ratio, flush, slot_width, totals, Pending, Policy, Record,
+    Slot, Snapshot, RECORD_LEN, RECORD_VERSION, SLOTS,
 };
 use marty_resilience_core::store::{
     MemoryStore, SharedStore, StoreError, UpdateError, MAX_CAS_ATTEMPTS,
@@ -61,33 +61,33 @@ fn key_and_defaults() {
             min_retries_per_second: 10,
         }
     );
-    assert_eq!(BUCKETS, 10);
+    assert_eq!(SLOTS, 10);
     assert_eq!(RECORD_LEN, 209);
 }
 
 #[test]
 fn bucket_width_is_a_tenth_of_the_window_and_at_least_1ns() {
-    assert_eq!(bucket_width(10 * S), S);
-    assert_eq!(bucket_width(25), 2);
-    assert_eq!(bucket_width(10), 1);
-    assert_eq!(bucket_width(9), 1);
-    assert_eq!(bucket_width(0), 1);
-    assert_eq!(bucket_width(u64::MAX), u64::MAX / 10);
+    assert_eq!(slot_width(10 * S), S);
+    assert_eq!(slot_width(25), 2);
+    assert_eq!(slot_width(10), 1);
+    assert_eq!(slot_width(9), 1);
+    assert_eq!(slot_width(0), 1);
+    assert_eq!(slot_width(u64::MAX), u64::MAX / 10);
 }
 
 #[test]
 fn a_count_leaves_the_window_exactly_a_window_after_its_bucket_starts() {
-    // Added at 3.5 s: bucket [3 s, 4 s), counted while now < 13 s.
+    // Added at 3.5 s: slot [3 s, 4 s), counted while now < 13 s.
     let rec = built(&[(3 * S + 500 * MS, (4, 2, 1))]);
     assert_eq!(totals(&rec, 3 * S + 500 * MS, WINDOW), (4, 2, 1));
     assert_eq!(totals(&rec, 13 * S - 1, WINDOW), (4, 2, 1));
     assert_eq!(totals(&rec, 13 * S, WINDOW), (0, 0, 0));
     assert_eq!(totals(&rec, u64::MAX, WINDOW), (0, 0, 0));
-    // Added at the first instant of its bucket: the same deadline, a full window later.
+    // Added at the first instant of its slot: the same deadline, a full window later.
     let rec = built(&[(3 * S, (1, 0, 0))]);
     assert_eq!(totals(&rec, 13 * S - 1, WINDOW), (1, 0, 0));
     assert_eq!(totals(&rec, 13 * S, WINDOW), (0, 0, 0));
-    // At the last instant: (BUCKETS − 1) widths plus 1 ns later it is gone.
+    // At the last instant: (SLOTS − 1) widths plus 1 ns later it is gone.
     let rec = built(&[(4 * S - 1, (1, 0, 0))]);
     assert_eq!(totals(&rec, 13 * S - 1, WINDOW), (1, 0, 0));
     assert_eq!(totals(&rec, 13 * S, WINDOW), (0, 0, 0));
@@ -118,8 +118,8 @@ fn a_stale_bucket_is_zeroed_before_reuse_and_others_are_kept() {
     // 13 s reuses the slot of 3 s: its old counts are gone, those of 5 s remain.
     let rec = add(&rec, 13 * S + 7, WINDOW, 2, 0, 0);
     assert_eq!(
-        rec.buckets[3],
-        Bucket {
+        rec.slots[3],
+        Slot {
             epoch: 13,
             requests: 2,
             retries: 0,
@@ -127,8 +127,8 @@ fn a_stale_bucket_is_zeroed_before_reuse_and_others_are_kept() {
         }
     );
     assert_eq!(
-        rec.buckets[5],
-        Bucket {
+        rec.slots[5],
+        Slot {
             epoch: 5,
             requests: 1,
             retries: 1,
@@ -136,11 +136,11 @@ fn a_stale_bucket_is_zeroed_before_reuse_and_others_are_kept() {
         }
     );
     assert_eq!(totals(&rec, 13 * S + 7, WINDOW), (3, 1, 1));
-    // The same bucket accumulates.
+    // The same slot accumulates.
     let rec = add(&rec, 13 * S + 999 * MS, WINDOW, 1, 2, 3);
     assert_eq!(
-        rec.buckets[3],
-        Bucket {
+        rec.slots[3],
+        Slot {
             epoch: 13,
             requests: 3,
             retries: 2,
@@ -158,15 +158,15 @@ fn stale_buckets_are_dropped_however_long_the_route_was_quiet() {
     assert_eq!(totals(&rec, later, WINDOW), (0, 0, 0));
     assert!(allows_retry(&rec, later, &policy(0.0, 1)));
     assert_eq!(failure_ratio(&rec, later, WINDOW), 0.0);
-    // A new count after the silence stands alone, in a slot that held a stale bucket.
+    // A new count after the silence stands alone, in a slot that held a stale slot.
     let rec = add(&rec, later, WINDOW, 1, 0, 1);
     assert_eq!(totals(&rec, later, WINDOW), (1, 0, 1));
-    assert_eq!(rec.buckets[0].epoch, 3600);
+    assert_eq!(rec.slots[0].epoch, 3600);
 }
 
 #[test]
 fn counts_added_over_an_empty_bucket_naming_another_epoch_stay_readable() {
-    // Found by fuzzing (fuzz/regressions/budget_record/): the decoder accepts an empty bucket
+    // Found by fuzzing (fuzz/regressions/budget_record/): the decoder accepts an empty slot
     // whatever its epoch; one naming a later epoch of another slot used to keep that epoch
     // when counts were added, giving a record that no longer decodes (the counts were lost as
     // "corrupt" on the next read).
@@ -174,19 +174,19 @@ fn counts_added_over_an_empty_bucket_naming_another_epoch_stay_readable() {
         width_ns: S,
         ..Record::default()
     };
-    rec.buckets[5].epoch = 262_144; // slot 4's epoch, in slot 5, with no counts
+    rec.slots[5].epoch = 262_144; // slot 4's epoch, in slot 5, with no counts
     let bytes = rec.encode();
     assert_eq!(Record::decode(&bytes).as_ref(), Some(&rec));
     let rec = add(&rec, 15 * S, WINDOW, 1, 1, 1);
     assert_eq!(Record::decode(&rec.encode()).as_ref(), Some(&rec));
-    assert_eq!(rec.buckets[5].epoch, 15);
+    assert_eq!(rec.slots[5].epoch, 15);
     assert_eq!(totals(&rec, 15 * S, WINDOW), (1, 1, 1));
 }
 
 #[test]
 fn counts_saturate() {
     let rec = built(&[(0, (u32::MAX, u32::MAX, u32::MAX)), (1, (1, 1, 1))]);
-    assert_eq!(rec.buckets[0].requests, u32::MAX);
+    assert_eq!(rec.slots[0].requests, u32::MAX);
     let events: Vec<(u64, (u32, u32, u32))> = (0..10u64)
         .map(|i| (i * S, (u32::MAX, u32::MAX, u32::MAX)))
         .collect();
@@ -199,7 +199,7 @@ fn a_later_bucket_than_now_keeps_its_epoch_and_takes_the_counts() {
     // Another worker's clock ran a whole window ahead (theoretical in Envoy): nothing is lost.
     let rec = built(&[(13 * S, (1, 0, 0))]);
     let rec = add(&rec, 3 * S, WINDOW, 2, 0, 0);
-    assert_eq!(rec.buckets[3].epoch, 13);
+    assert_eq!(rec.slots[3].epoch, 13);
     assert_eq!(totals(&rec, 13 * S, WINDOW), (3, 0, 0));
     assert_eq!(totals(&rec, 3 * S, WINDOW), (3, 0, 0));
 }
@@ -272,7 +272,7 @@ fn failure_ratio_is_failed_attempts_over_attempts() {
     assert_eq!(failure_ratio(&Record::default(), 0, WINDOW), 0.0);
     let rec = built(&[(0, (6, 2, 2)), (S, (1, 1, 4))]);
     assert_eq!(failure_ratio(&rec, S, WINDOW), 0.6);
-    // Failures are flushed when attempts end, possibly a bucket after the attempts: at the
+    // Failures are flushed when attempts end, possibly a slot after the attempts: at the
     // window's edge they may outnumber the attempts left, and the ratio stays at 1.
     assert_eq!(
         failure_ratio(&rec, 10 * S, WINDOW),
@@ -334,8 +334,8 @@ fn codec_round_trips() {
             width_ns: rng.gen(),
             ..Record::default()
         };
-        for (i, bucket) in rec.buckets.iter_mut().enumerate() {
-            *bucket = Bucket {
+        for (i, slot) in rec.slots.iter_mut().enumerate() {
+            *slot = Slot {
                 epoch: rng.gen_range(0..u64::MAX / 10) * 10 + i as u64,
                 requests: rng.gen(),
                 retries: rng.gen(),
@@ -378,11 +378,11 @@ fn codec_rejects_other_versions_lengths_and_misplaced_buckets() {
     let mut longer = good.clone();
     longer.push(0);
     assert_eq!(Record::decode(&longer), None);
-    // Bucket 3 claiming epoch 4.
+    // Slot 3 claiming epoch 4.
     let mut misplaced = good.clone();
     misplaced[9 + 3 * 20] = 4;
     assert_eq!(Record::decode(&misplaced), None);
-    // An empty bucket may hold any epoch (a fresh record holds 0 everywhere).
+    // An empty slot may hold any epoch (a fresh record holds 0 everywhere).
     let mut empty = Record::default().encode();
     empty[9 + 3 * 20] = 4;
     assert!(Record::decode(&empty).is_some());
@@ -402,9 +402,9 @@ fn decoding_any_bytes_never_panics_and_what_decodes_is_canonical() {
                 *first = RECORD_VERSION;
             }
         }
-        // Mostly empty buckets, so that some inputs decode.
+        // Mostly empty slots, so that some inputs decode.
         if len == RECORD_LEN && rng.gen_bool(0.5) {
-            for i in 0..BUCKETS {
+            for i in 0..SLOTS {
                 if rng.gen_bool(0.8) {
                     bytes[9 + i * 20 + 8..9 + i * 20 + 20].fill(0);
                 }
@@ -415,7 +415,7 @@ fn decoding_any_bytes_never_panics_and_what_decodes_is_canonical() {
                 rec.encode() == bytes,
                 "{rec:?} does not re-encode to its bytes"
             );
-            let width = rec.width_ns.saturating_mul(BUCKETS as u64);
+            let width = rec.width_ns.saturating_mul(SLOTS as u64);
             let _ = totals(&rec, rng.gen(), width);
             let _ = add(&rec, rng.gen(), width, rng.gen(), rng.gen(), rng.gen());
         }

@@ -12,13 +12,13 @@
 //!
 //! # The record
 //!
-//! A time-bucketed ring of [`BUCKETS`] buckets, each `window / BUCKETS` wide, in ONE fixed-size
-//! little-endian value (version byte, bucket width, then per bucket its epoch — the bucket's
-//! start in widths since time 0 — and its three counts). A bucket serves epochs congruent to its
-//! slot; it is reused lazily: [`add`] zeroes a bucket whose epoch is older than the one it adds
-//! to, and [`totals`] counts only buckets of the last `BUCKETS` epochs. So a count added at time
-//! `t` is counted exactly while `now < (t / width + BUCKETS) × width`: the window covers between
-//! `(BUCKETS − 1) × width` and `BUCKETS × width` of history. The width is `window / BUCKETS`
+//! A time-bucketed ring of [`SLOTS`] slots, each `window / SLOTS` wide, in ONE fixed-size
+//! little-endian value (version byte, slot width, then per slot its epoch — the slot's
+//! start in widths since time 0 — and its three counts). A slot serves epochs congruent to its
+//! slot; it is reused lazily: [`add`] zeroes a slot whose epoch is older than the one it adds
+//! to, and [`totals`] counts only slots of the last `SLOTS` epochs. So a count added at time
+//! `t` is counted exactly while `now < (t / width + SLOTS) × width`: the window covers between
+//! `(SLOTS − 1) × width` and `SLOTS × width` of history. The width is `window / SLOTS`
 //! rounded down and at least 1 ns; a record of another width (the window was reconfigured)
 //! reads as empty and the next [`add`] starts it afresh.
 //!
@@ -41,15 +41,15 @@ use crate::le::Reader;
 use crate::store::{self, Codec, SharedStore, UpdateError};
 use crate::NANOS_PER_SEC;
 
-/// Buckets of the ring.
-pub const BUCKETS: usize = 10;
+/// Slots of the ring.
+pub const SLOTS: usize = 10;
 
 /// Layout version, first byte of every value. A value of another version is treated as absent.
 pub const RECORD_VERSION: u8 = 1;
 
-const BUCKET_LEN: usize = 8 + 4 + 4 + 4;
+const SLOT_LEN: usize = 8 + 4 + 4 + 4;
 /// Length of every encoded record.
-pub const RECORD_LEN: usize = 1 + 8 + BUCKETS * BUCKET_LEN;
+pub const RECORD_LEN: usize = 1 + 8 + SLOTS * SLOT_LEN;
 
 /// Finagle's defaults: a 10 s window, 20 % of requests, 10 retries a second.
 pub const DEFAULT_WINDOW_NS: u64 = 10 * NANOS_PER_SEC;
@@ -87,17 +87,17 @@ impl Policy {
     }
 }
 
-/// The counts of one bucket of time.
+/// The counts of one slot of time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bucket {
-    /// Start of the bucket, in bucket widths since time 0.
+pub struct Slot {
+    /// Start of the slot, in slot widths since time 0.
     pub epoch: u64,
     pub requests: u32,
     pub retries: u32,
     pub failures: u32,
 }
 
-impl Bucket {
+impl Slot {
     fn is_empty(&self) -> bool {
         self.requests == 0 && self.retries == 0 && self.failures == 0
     }
@@ -106,32 +106,32 @@ impl Bucket {
 /// One route's budget, as stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
-    /// Width of every bucket (nanoseconds); 0 in a fresh record.
+    /// Width of every slot (nanoseconds); 0 in a fresh record.
     pub width_ns: u64,
-    /// Bucket `i` holds an epoch `e` with `e % BUCKETS == i`.
-    pub buckets: [Bucket; BUCKETS],
+    /// Slot `i` holds an epoch `e` with `e % SLOTS == i`.
+    pub slots: [Slot; SLOTS],
 }
 
-/// The bucket width for `window_ns`: a tenth of it, at least 1 ns.
-pub fn bucket_width(window_ns: u64) -> u64 {
-    (window_ns / BUCKETS as u64).max(1)
+/// The slot width for `window_ns`: a tenth of it, at least 1 ns.
+pub fn slot_width(window_ns: u64) -> u64 {
+    (window_ns / SLOTS as u64).max(1)
 }
 
-fn slot(epoch: u64) -> usize {
-    // Less than BUCKETS, so the cast is exact.
-    (epoch % BUCKETS as u64) as usize
+fn slot_of(epoch: u64) -> usize {
+    // Less than SLOTS, so the cast is exact.
+    (epoch % SLOTS as u64) as usize
 }
 
 impl Record {
-    /// Fixed little-endian layout of [`RECORD_LEN`] bytes: version, width, then per bucket its
+    /// Fixed little-endian layout of [`RECORD_LEN`] bytes: version, width, then per slot its
     /// epoch (u64) and requests, retries, failures (u32 each).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(RECORD_LEN);
         out.push(RECORD_VERSION);
         out.extend_from_slice(&self.width_ns.to_le_bytes());
-        for bucket in &self.buckets {
-            out.extend_from_slice(&bucket.epoch.to_le_bytes());
-            for n in [bucket.requests, bucket.retries, bucket.failures] {
+        for slot in &self.slots {
+            out.extend_from_slice(&slot.epoch.to_le_bytes());
+            for n in [slot.requests, slot.retries, slot.failures] {
                 out.extend_from_slice(&n.to_le_bytes());
             }
         }
@@ -139,7 +139,7 @@ impl Record {
     }
 
     /// Total: any bytes either decode to a record or give `None` (wrong version or length, or
-    /// a bucket with counts outside its epoch's slot).
+    /// a slot with counts outside its epoch's slot).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::new(bytes);
         if r.u8()? != RECORD_VERSION {
@@ -149,14 +149,14 @@ impl Record {
             width_ns: r.u64()?,
             ..Self::default()
         };
-        for (i, bucket) in record.buckets.iter_mut().enumerate() {
-            *bucket = Bucket {
+        for (i, slot) in record.slots.iter_mut().enumerate() {
+            *slot = Slot {
                 epoch: r.u64()?,
                 requests: r.u32()?,
                 retries: r.u32()?,
                 failures: r.u32()?,
             };
-            if !bucket.is_empty() && slot(bucket.epoch) != i {
+            if !slot.is_empty() && slot_of(slot.epoch) != i {
                 return None;
             }
         }
@@ -167,7 +167,7 @@ impl Record {
     }
 }
 
-/// `rec` with the counts added to the bucket of `now_ns` (saturating). A bucket last used for
+/// `rec` with the counts added to the slot of `now_ns` (saturating). A slot last used for
 /// an older epoch is zeroed first; one holding a newer epoch (another worker's clock read
 /// later than ours by a whole window, which Envoy's process-wide monotonic clock makes
 /// theoretical) keeps its epoch and takes the counts, so none is lost.
@@ -179,7 +179,7 @@ pub fn add(
     retries: u32,
     failures: u32,
 ) -> Record {
-    let width = bucket_width(window_ns);
+    let width = slot_width(window_ns);
     let mut next = if rec.width_ns == width {
         rec.clone()
     } else {
@@ -189,34 +189,34 @@ pub fn add(
         }
     };
     let epoch = now_ns / width;
-    if let Some(bucket) = next.buckets.get_mut(slot(epoch)) {
-        // An empty bucket holds nothing to keep, whatever epoch it names: it takes ours. (The
-        // decoder accepts any epoch in an empty bucket; keeping a newer one that is not of
+    if let Some(slot) = next.slots.get_mut(slot_of(epoch)) {
+        // An empty slot holds nothing to keep, whatever epoch it names: it takes ours. (The
+        // decoder accepts any epoch in an empty slot; keeping a newer one that is not of
         // this slot would write a record the decoder then refuses as corrupt.)
-        if bucket.epoch < epoch || bucket.is_empty() {
-            *bucket = Bucket {
+        if slot.epoch < epoch || slot.is_empty() {
+            *slot = Slot {
                 epoch,
-                ..Bucket::default()
+                ..Slot::default()
             };
         }
-        bucket.requests = bucket.requests.saturating_add(requests);
-        bucket.retries = bucket.retries.saturating_add(retries);
-        bucket.failures = bucket.failures.saturating_add(failures);
+        slot.requests = slot.requests.saturating_add(requests);
+        slot.retries = slot.retries.saturating_add(retries);
+        slot.failures = slot.failures.saturating_add(failures);
     }
     next
 }
 
-/// `(requests, retries, failures)` of the buckets inside the window at `now_ns`: those of the
-/// last [`BUCKETS`] epochs, the current one included (and any from a later epoch, see [`add`]).
+/// `(requests, retries, failures)` of the slots inside the window at `now_ns`: those of the
+/// last [`SLOTS`] epochs, the current one included (and any from a later epoch, see [`add`]).
 pub fn totals(rec: &Record, now_ns: u64, window_ns: u64) -> (u64, u64, u64) {
-    let width = bucket_width(window_ns);
+    let width = slot_width(window_ns);
     if rec.width_ns != width {
         return (0, 0, 0);
     }
     let epoch = now_ns / width;
-    rec.buckets
+    rec.slots
         .iter()
-        .filter(|b| b.epoch.saturating_add(BUCKETS as u64) > epoch)
+        .filter(|b| b.epoch.saturating_add(SLOTS as u64) > epoch)
         .fold((0, 0, 0), |(q, r, f), b| {
             (
                 q + u64::from(b.requests),
