@@ -53,8 +53,10 @@ impl<H: Host> Stream<H> {
         bucket: &BucketState,
         policy: &FaultPolicy,
     ) -> Option<Fault> {
-        let route = bucket.route.borrow().bucket.clone();
-        let requested = self.requested_fault(bucket, policy, &route);
+        // The resolved route, shared: its name is only for the log lines.
+        let resolved = bucket.route();
+        let route = resolved.bucket.as_str();
+        let requested = self.requested_fault(bucket, policy, route);
         let needs_path = !policy.method_specific_rates.is_empty()
             && !matches!(requested, Some((Spec::Custom(_), _)));
         let path = match &self.path {
