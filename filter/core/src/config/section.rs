@@ -130,8 +130,16 @@ macro_rules! section {
                 raw: &str,
                 name: &str,
             ) -> Option<Result<(), $crate::config::ConfigError>> {
-                $( section!(@set_env self.$name, $name, $kind ($($args)*), field, raw, name); )*
-                None
+                $( section!(@set_env_object self.$name, $name, $kind ($($args)*), field, raw, name); )*
+                // A field of this section: its value as the variable spells it, read by `set`
+                // under the variable's name. One lookup in a table rather than a branch per
+                // field, each with its own copy of the reader (the module is loaded by every
+                // sidecar). Objects are `None`: their fields were looked up above.
+                const KINDS: &[(&str, Option<$crate::config::section::EnvKind>)] =
+                    &[$( (stringify!($name), section!(@env_kind $kind)) ),*];
+                let (_, kind) = KINDS.iter().find(|(known, _)| *known == field)?;
+                let value = $crate::config::section::env_value((*kind)?, raw);
+                Some(self.set(field, &value, name))
             }
         }
     };
@@ -183,7 +191,7 @@ macro_rules! section {
         }
     };
 
-    (@set_env $slot:expr, $name:ident, object ($nested:ty), $field:ident, $raw:ident,
+    (@set_env_object $slot:expr, $name:ident, object ($nested:ty), $field:ident, $raw:ident,
         $var:ident) => {
         if let Some(rest) = $field
             .strip_prefix(stringify!($name))
@@ -196,17 +204,13 @@ macro_rules! section {
             }
         }
     };
-    (@set_env $slot:expr, $name:ident, $kind:ident ($($args:tt)*), $field:ident, $raw:ident,
-        $var:ident) => {
-        if $field == stringify!($name) {
-            let value = $crate::config::section::env_value(section!(@env_kind $kind), $raw);
-            return Some(section!(@set $slot, $kind ($($args)*), &value, $var));
-        }
-    };
+    (@set_env_object $slot:expr, $name:ident, $kind:ident ($($args:tt)*), $field:ident,
+        $raw:ident, $var:ident) => {};
 
-    (@env_kind value) => { $crate::config::section::EnvKind::Value };
-    (@env_kind list) => { $crate::config::section::EnvKind::List };
-    (@env_kind text) => { $crate::config::section::EnvKind::Text };
+    (@env_kind object) => { None };
+    (@env_kind value) => { Some($crate::config::section::EnvKind::Value) };
+    (@env_kind list) => { Some($crate::config::section::EnvKind::List) };
+    (@env_kind text) => { Some($crate::config::section::EnvKind::Text) };
 }
 
 pub(crate) use section;
