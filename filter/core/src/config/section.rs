@@ -108,8 +108,9 @@ macro_rules! section {
             fn to_json(policy: &$policy) -> serde_json::Value {
                 let mut map = serde_json::Map::new();
                 $(
-                    map.insert(
-                        stringify!($name).to_string(),
+                    $crate::config::section::insert_field(
+                        &mut map,
+                        stringify!($name),
                         section!(@show policy, $kind ($($args)*)),
                     );
                 )*
@@ -187,7 +188,7 @@ macro_rules! section {
     (@env_fields $name:ident, $kind:ident ($($args:tt)*), $out:ident, $prefix:ident,
         $fields:expr, $objects:expr) => {
         if $fields {
-            $out.push(format!("{}{}", $prefix, stringify!($name)));
+            $crate::config::section::push_env_field($out, $prefix, stringify!($name));
         }
     };
 
@@ -214,6 +215,19 @@ macro_rules! section {
 }
 
 pub(crate) use section;
+
+/// Appends `prefix` + `field` to the list of a section's variable fields. One call per row
+/// instead of a `format!` expanded in each (the module is loaded by every sidecar).
+#[inline(never)]
+pub fn push_env_field(out: &mut Vec<String>, prefix: &str, field: &str) {
+    out.push(format!("{prefix}{field}"));
+}
+
+/// Adds a field to a section's JSON; one call per row, like [`push_env_field`].
+#[inline(never)]
+pub fn insert_field(map: &mut serde_json::Map<String, Value>, field: &str, value: Value) {
+    map.insert(field.to_string(), value);
+}
 
 /// How a `MARTY_RESILIENCE_*` variable spells a field's value.
 #[derive(Clone, Copy, Debug)]
