@@ -153,7 +153,7 @@ impl Report<'_> {
         for r in &self.routes {
             let remaining = r.record.remaining_open_ns(self.now_mono_ns);
             let half_open_in = if r.record.state == State::Open {
-                format!("{:.1}s", secs(remaining))
+                tenths_of_seconds(remaining)
             } else {
                 "-".to_string()
             };
@@ -181,6 +181,14 @@ impl Report<'_> {
 
 fn secs(nanos: u64) -> f64 {
     nanos as f64 / NANOS_PER_SEC as f64
+}
+
+/// `12.3s`: nanoseconds rounded to a tenth of a second, in integers (`{:.1}` on an `f64`
+/// would cost the module ~10 KB of float formatting).
+fn tenths_of_seconds(nanos: u64) -> String {
+    let tenths = nanos / (NANOS_PER_SEC / 10)
+        + u64::from(nanos % (NANOS_PER_SEC / 10) >= NANOS_PER_SEC / 20);
+    format!("{}.{}s", tenths / 10, tenths % 10)
 }
 
 fn last_transition(record: &Record) -> Option<u64> {

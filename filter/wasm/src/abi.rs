@@ -115,7 +115,7 @@ extern "C" {
     fn clock_time_get(clock_id: u32, precision: u64, time: *mut u64) -> u32;
 }
 
-/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
+/// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate` ([`crate::exports`]).
 ///
 /// # Safety
 /// `data` must be null or a block of `size` bytes the host just allocated with that export.

@@ -4,10 +4,11 @@
 //! in [`Root::on_configure`]; state that must agree across workers (the breakers) lives in
 //! proxy shared data under the plugin's `vm_id`; counters and gauges are Envoy stats, shared
 //! by name across VMs. Every rule is in the core's `proxy` module: this crate reads the
-//! configuration and the environment, hands proxy-wasm's callbacks to it, and implements its
-//! host over the ABI ([`abi`]).
+//! configuration and the environment, hands proxy-wasm's callbacks to it ([`exports`]), and
+//! implements its host over the ABI ([`abi`]).
 
 mod abi;
+mod exports;
 mod logger;
 
 use std::ffi::OsString;
@@ -16,17 +17,11 @@ use std::rc::Rc;
 use log::{error, info, warn};
 use marty_resilience_core::config::{Notice, Settings};
 use marty_resilience_core::proxy::scheduler::TICK_MS;
-use marty_resilience_core::proxy::{self, Plugin, Stream};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use marty_resilience_core::proxy::{Plugin, Stream};
 
 use abi::Abi;
 
-proxy_wasm::main! {{
-    logger::install();
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { plugin: None }) });
-}}
-
+/// One plugin configuration's root context: the plugin once configured.
 struct Root {
     plugin: Option<Rc<Plugin<Abi>>>,
 }
@@ -49,9 +44,12 @@ fn environment() -> Vec<(String, String)> {
         .collect()
 }
 
-impl Context for Root {}
+impl Root {
+    fn new() -> Self {
+        Self { plugin: None }
+    }
 
-impl RootContext for Root {
+    /// Reads the plugin configuration; false makes Envoy reject it (the log says why).
     fn on_configure(&mut self, size: usize) -> bool {
         logger::refresh_level();
         let config = abi::plugin_configuration(size);
@@ -89,6 +87,7 @@ impl RootContext for Root {
         }
     }
 
+    /// Envoy's housekeeping tick (every [`TICK_MS`]).
     fn on_tick(&mut self) {
         if let Some(plugin) = &self.plugin {
             if plugin.tick() {
@@ -97,51 +96,9 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// A stream for the HTTP context `context_id`; `None` before a configuration is accepted.
+    fn create_stream(&self, context_id: u32) -> Option<Stream<Abi>> {
         let plugin = self.plugin.clone()?;
-        Some(Box::new(StreamContext(Stream::new(context_id, plugin))))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-/// proxy-wasm's HTTP callbacks, handed to the core's [`Stream`].
-struct StreamContext(Stream<Abi>);
-
-fn action(action: proxy::Action) -> Action {
-    match action {
-        proxy::Action::Continue => Action::Continue,
-        proxy::Action::Pause => Action::Pause,
-    }
-}
-
-impl Context for StreamContext {
-    fn on_done(&mut self) -> bool {
-        self.0.on_done();
-        true
-    }
-}
-
-impl HttpContext for StreamContext {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        action(self.0.on_request_headers())
-    }
-
-    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        action(self.0.on_response_headers(end_of_stream))
-    }
-
-    fn on_http_response_body(&mut self, _: usize, end_of_stream: bool) -> Action {
-        action(self.0.on_response_body(end_of_stream))
-    }
-
-    fn on_http_response_trailers(&mut self, _: usize) -> Action {
-        action(self.0.on_response_trailers())
-    }
-
-    fn on_log(&mut self) {
-        self.0.on_log();
+        Some(Stream::new(context_id, plugin))
     }
 }

@@ -26,6 +26,17 @@ pub fn shown(value: &Value) -> String {
     }
 }
 
+/// A bound as `{}` writes it (`0`, `100`, `0.5`), without `f64`'s `Display`: that costs the
+/// module ~15 KB of float formatting. Whole numbers as integers; others as JSON writes them,
+/// which is the same text for every bound the configuration has.
+pub fn number(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 9_007_199_254_740_992.0 {
+        (x as i64).to_string()
+    } else {
+        Value::from(x).to_string()
+    }
+}
+
 pub fn expected(path: &str, what: &str, got: &Value) -> ConfigError {
     err(path, format!("expected {what}, got {}", shown(got)))
 }

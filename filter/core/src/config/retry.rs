@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::json::{array, boolean, cap_below_floor, err, expected, integer};
+use super::json::{array, boolean, cap_below_floor, err, expected, integer, number};
 use super::section::{
     duration, duration_or_zero, plain, seconds, section, strategy_name, u32_in, Section,
 };
@@ -286,9 +286,10 @@ fn number_in(min: f64, max: f64) -> impl Fn(&Value, &str) -> Result<f64, ConfigE
             Value::String(s) => crate::fault::header::decimal(s.trim()),
             _ => None,
         };
-        parsed
-            .filter(|n| *n >= min && *n <= max)
-            .ok_or_else(|| expected(path, &format!("a number between {min} and {max}"), value))
+        parsed.filter(|n| *n >= min && *n <= max).ok_or_else(|| {
+            let range = format!("a number between {} and {}", number(min), number(max));
+            expected(path, &range, value)
+        })
     }
 }
 

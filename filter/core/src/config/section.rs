@@ -108,8 +108,9 @@ macro_rules! section {
             fn to_json(policy: &$policy) -> serde_json::Value {
                 let mut map = serde_json::Map::new();
                 $(
-                    map.insert(
-                        stringify!($name).to_string(),
+                    $crate::config::section::insert_field(
+                        &mut map,
+                        stringify!($name),
                         section!(@show policy, $kind ($($args)*)),
                     );
                 )*
@@ -130,8 +131,16 @@ macro_rules! section {
                 raw: &str,
                 name: &str,
             ) -> Option<Result<(), $crate::config::ConfigError>> {
-                $( section!(@set_env self.$name, $name, $kind ($($args)*), field, raw, name); )*
-                None
+                $( section!(@set_env_object self.$name, $name, $kind ($($args)*), field, raw, name); )*
+                // A field of this section: its value as the variable spells it, read by `set`
+                // under the variable's name. One lookup in a table rather than a branch per
+                // field, each with its own copy of the reader (the module is loaded by every
+                // sidecar). Objects are `None`: their fields were looked up above.
+                const KINDS: &[(&str, Option<$crate::config::section::EnvKind>)] =
+                    &[$( (stringify!($name), section!(@env_kind $kind)) ),*];
+                let (_, kind) = KINDS.iter().find(|(known, _)| *known == field)?;
+                let value = $crate::config::section::env_value((*kind)?, raw);
+                Some(self.set(field, &value, name))
             }
         }
     };
@@ -179,11 +188,11 @@ macro_rules! section {
     (@env_fields $name:ident, $kind:ident ($($args:tt)*), $out:ident, $prefix:ident,
         $fields:expr, $objects:expr) => {
         if $fields {
-            $out.push(format!("{}{}", $prefix, stringify!($name)));
+            $crate::config::section::push_env_field($out, $prefix, stringify!($name));
         }
     };
 
-    (@set_env $slot:expr, $name:ident, object ($nested:ty), $field:ident, $raw:ident,
+    (@set_env_object $slot:expr, $name:ident, object ($nested:ty), $field:ident, $raw:ident,
         $var:ident) => {
         if let Some(rest) = $field
             .strip_prefix(stringify!($name))
@@ -196,20 +205,29 @@ macro_rules! section {
             }
         }
     };
-    (@set_env $slot:expr, $name:ident, $kind:ident ($($args:tt)*), $field:ident, $raw:ident,
-        $var:ident) => {
-        if $field == stringify!($name) {
-            let value = $crate::config::section::env_value(section!(@env_kind $kind), $raw);
-            return Some(section!(@set $slot, $kind ($($args)*), &value, $var));
-        }
-    };
+    (@set_env_object $slot:expr, $name:ident, $kind:ident ($($args:tt)*), $field:ident,
+        $raw:ident, $var:ident) => {};
 
-    (@env_kind value) => { $crate::config::section::EnvKind::Value };
-    (@env_kind list) => { $crate::config::section::EnvKind::List };
-    (@env_kind text) => { $crate::config::section::EnvKind::Text };
+    (@env_kind object) => { None };
+    (@env_kind value) => { Some($crate::config::section::EnvKind::Value) };
+    (@env_kind list) => { Some($crate::config::section::EnvKind::List) };
+    (@env_kind text) => { Some($crate::config::section::EnvKind::Text) };
 }
 
 pub(crate) use section;
+
+/// Appends `prefix` + `field` to the list of a section's variable fields. One call per row
+/// instead of a `format!` expanded in each (the module is loaded by every sidecar).
+#[inline(never)]
+pub fn push_env_field(out: &mut Vec<String>, prefix: &str, field: &str) {
+    out.push(format!("{prefix}{field}"));
+}
+
+/// Adds a field to a section's JSON; one call per row, like [`push_env_field`].
+#[inline(never)]
+pub fn insert_field(map: &mut serde_json::Map<String, Value>, field: &str, value: Value) {
+    map.insert(field.to_string(), value);
+}
 
 /// How a `MARTY_RESILIENCE_*` variable spells a field's value.
 #[derive(Clone, Copy, Debug)]
