@@ -2,8 +2,6 @@
 //! text report, to allowed peers only. Built from the shared breaker records, so any worker
 //! answers for every bucket.
 
-use std::collections::BTreeSet;
-
 use super::reply;
 use super::Plugin;
 use crate::breaker;
@@ -34,13 +32,16 @@ pub fn answer<H: Host>(plugin: &Plugin<H>, endpoint: Endpoint) {
     // The buckets the configuration has: its `routes`, and every bucket some worker has used
     // within `bucket_idle_timeout` (older ones are being forgotten).
     let idle = plugin.settings.bucket_idle_timeout;
-    let mut names: BTreeSet<String> = registry::registered(host, prefix)
+    let mut names: Vec<String> = registry::registered(host, prefix)
         .into_iter()
         .filter(|e| now.mono_ns.saturating_sub(e.seen_ns) < idle)
         .map(|e| e.name)
         .collect();
     names.extend(plugin.settings.routes.keys().cloned());
     names.extend(plugin.bucket_names());
+    // Sorted and unique, as the report lists them (a Vec: no BTreeSet code in the module).
+    names.sort_unstable();
+    names.dedup();
     let rows: Vec<_> = names
         .into_iter()
         .map(|name| {
