@@ -23,22 +23,7 @@ fn envoy_with_backoff(upstream: &Upstream, downstream: Value) -> Envoy {
                 "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"}
             }),
         )]);
-    let mut bootstrap = config.bootstrap();
-    let hcm = bootstrap
-        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
-        .expect("the harness bootstrap has one HCM");
-    hcm["route_config"]["virtual_hosts"][0]["include_request_attempt_count"] = json!(true);
-    let filters = hcm["http_filters"].as_array_mut().expect("http_filters");
-    let mut wasm = filters[0].clone();
-    wasm["name"] = json!("marty_resilience_upstream");
-    wasm["typed_config"]["config"]["name"] = json!("marty_resilience_upstream");
-    wasm["typed_config"]["config"]["configuration"]["value"] = json!(upstream_config.to_string());
-    let router = filters.last_mut().expect("the router is last");
-    router["typed_config"]["upstream_http_filters"] = json!([
-        wasm,
-        {"name": "envoy.filters.http.upstream_codec",
-         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}
-    ]);
+    let bootstrap = common::with_upstream_placement(&config, &upstream_config, false);
     Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"))
 }
 

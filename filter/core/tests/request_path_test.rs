@@ -74,6 +74,13 @@ impl Worker {
         stream.on_done();
     }
 
+    /// `n` whole requests on `route`, each answered with `status` if admitted.
+    fn calls(&self, route: &str, status: &str, n: usize) {
+        for _ in 0..n {
+            self.call(route, status);
+        }
+    }
+
     /// A whole request on `route` answered with `status` by the upstream, if admitted.
     fn call(&self, route: &str, status: &str) -> Action {
         let (mut stream, action) = self.request(route, &[]);
@@ -91,6 +98,13 @@ impl Worker {
     }
 }
 
+/// One Envoy process with one worker configured by `config`.
+fn start(config: &str) -> (Rc<FakeEnvoy>, Worker) {
+    let envoy = FakeEnvoy::new();
+    let worker = Worker::new(&envoy, config);
+    (envoy, worker)
+}
+
 const BREAKER: &str = r#"{
   "circuit_breaker": {
     "failure_threshold": 3, "recovery_timeout": "1s", "half_open_success_threshold": 2,
@@ -101,8 +115,7 @@ const BREAKER: &str = r#"{
 
 #[test]
 fn a_healthy_request_is_admitted_with_no_shared_data_read_once_the_view_is_warm() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
+    let (_, worker) = start(BREAKER);
     assert_eq!(worker.call("users", "200"), Action::Continue);
     let (mut stream, action) = worker.request("users", &[]);
     assert_eq!(action, Action::Continue);
@@ -122,8 +135,7 @@ fn a_healthy_request_is_admitted_with_no_shared_data_read_once_the_view_is_warm(
 
 #[test]
 fn failures_open_the_breaker_and_an_open_breaker_replies_503_without_the_upstream() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
+    let (_, worker) = start(BREAKER);
     for _ in 0..3 {
         assert_eq!(worker.call("users", "503"), Action::Continue);
     }
@@ -151,11 +163,8 @@ fn failures_open_the_breaker_and_an_open_breaker_replies_503_without_the_upstrea
 
 #[test]
 fn grpc_requests_are_rejected_trailers_only_with_unavailable() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
-    for _ in 0..3 {
-        worker.call("users", "500");
-    }
+    let (_, worker) = start(BREAKER);
+    worker.calls("users", "500", 3);
     let (_stream, action) = worker.request("users", &[("content-type", "application/grpc")]);
     assert_eq!(action, Action::Pause);
     let reply = worker.host().last_reply().unwrap();
@@ -168,11 +177,8 @@ fn grpc_requests_are_rejected_trailers_only_with_unavailable() {
 
 #[test]
 fn half_open_admits_one_probe_and_two_successes_close_it() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
-    for _ in 0..3 {
-        worker.call("users", "503");
-    }
+    let (envoy, worker) = start(BREAKER);
+    worker.calls("users", "503", 3);
     envoy.advance_ms(1_001);
     let (mut probe, action) = worker.request("users", &[]);
     assert_eq!(
@@ -194,11 +200,8 @@ fn half_open_admits_one_probe_and_two_successes_close_it() {
 
 #[test]
 fn a_failed_probe_opens_the_breaker_again() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
-    for _ in 0..3 {
-        worker.call("users", "503");
-    }
+    let (envoy, worker) = start(BREAKER);
+    worker.calls("users", "503", 3);
     envoy.advance_ms(1_001);
     assert_eq!(worker.call("users", "503"), Action::Continue);
     assert_eq!(worker.stat("route.users.circuit_opened_total"), 2);
@@ -207,11 +210,8 @@ fn a_failed_probe_opens_the_breaker_again() {
 
 #[test]
 fn the_tick_turns_open_into_half_open_without_traffic() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
-    for _ in 0..3 {
-        worker.call("users", "503");
-    }
+    let (envoy, worker) = start(BREAKER);
+    worker.calls("users", "503", 3);
     envoy.advance_ms(1_001);
     assert!(worker.plugin.tick());
     assert_eq!(worker.stat("route.users.circuit_state"), 2);
@@ -224,9 +224,7 @@ fn two_workers_share_one_breaker() {
     let b = Worker::new(&envoy, BREAKER);
     // b warms its view while CLOSED, then a opens the breaker.
     assert_eq!(b.call("users", "200"), Action::Continue);
-    for _ in 0..3 {
-        a.call("users", "503");
-    }
+    a.calls("users", "503", 3);
     // b's cached admission sees circuit_opened_total move and reads the record.
     assert_eq!(b.call("users", "200"), Action::Pause);
 }
@@ -272,8 +270,7 @@ const FAULTS: &str = r#"{
 
 #[test]
 fn an_injected_abort_replies_locally_and_strips_the_trigger_and_token() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, FAULTS);
+    let (_, worker) = start(FAULTS);
     let (_s, action) = worker.request(
         "users",
         &[
@@ -306,8 +303,7 @@ fn an_injected_abort_replies_locally_and_strips_the_trigger_and_token() {
 
 #[test]
 fn a_grpc_abort_answers_with_the_configured_grpc_status() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, FAULTS);
+    let (_, worker) = start(FAULTS);
     let (_s, action) = worker.request(
         "users",
         &[
@@ -322,8 +318,7 @@ fn a_grpc_abort_answers_with_the_configured_grpc_status() {
 
 #[test]
 fn a_trigger_without_the_token_is_refused_and_counted() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, FAULTS);
+    let (_, worker) = start(FAULTS);
     let (mut s, action) = worker.request("users", &[("x-failure-inject", "true")]);
     assert_eq!(action, Action::Continue);
     assert_eq!(worker.stat("route.users.fault_header_rejected_total"), 1);
@@ -339,8 +334,7 @@ fn a_trigger_without_the_token_is_refused_and_counted() {
 
 #[test]
 fn an_injected_delay_holds_the_request_and_the_tick_resumes_it() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, FAULTS);
+    let (envoy, worker) = start(FAULTS);
     let (mut s, action) = worker.request(
         "users",
         &[
@@ -390,8 +384,7 @@ fn holding_more_requests_does_not_restart_the_fast_tick() {
 
 #[test]
 fn a_client_that_leaves_while_held_is_never_resumed_and_frees_its_fault_slot() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, FAULTS);
+    let (envoy, worker) = start(FAULTS);
     let (mut s, _) = worker.request(
         "users",
         &[
@@ -408,8 +401,7 @@ fn a_client_that_leaves_while_held_is_never_resumed_and_frees_its_fault_slot() {
 
 #[test]
 fn max_active_faults_caps_faults_in_progress() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, FAULTS);
+    let (_, worker) = start(FAULTS);
     let trigger = [
         ("x-failure-inject", "delay=1s"),
         ("x-failure-inject-token", "s3cret"),
@@ -447,8 +439,7 @@ const RETRIES: &str = r#"{
 
 #[test]
 fn the_retry_policy_becomes_envoy_retry_headers_and_client_headers_are_removed() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, RETRIES);
+    let (_, worker) = start(RETRIES);
     let (mut s, action) = worker.request(
         "users",
         &[
@@ -482,11 +473,8 @@ fn the_retry_policy_becomes_envoy_retry_headers_and_client_headers_are_removed()
 
 #[test]
 fn a_half_open_probe_goes_out_with_retries_switched_off() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, RETRIES);
-    for _ in 0..2 {
-        worker.call("users", "503");
-    }
+    let (envoy, worker) = start(RETRIES);
+    worker.calls("users", "503", 2);
     envoy.advance_ms(1_001);
     let (_probe, action) = worker.request("users", &[]);
     assert_eq!(action, Action::Continue);
@@ -538,8 +526,7 @@ fn a_spent_budget_switches_retries_off_until_it_refills() {
 
 #[test]
 fn outcomes_follow_the_classification_grpc_status_in_trailers() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
+    let (_, worker) = start(BREAKER);
     let (mut s, _) = worker.request("users", &[("content-type", "application/grpc")]);
     worker
         .host()
@@ -556,8 +543,7 @@ fn outcomes_follow_the_classification_grpc_status_in_trailers() {
 
 #[test]
 fn a_stream_reset_before_a_response_says_nothing_about_the_upstream() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
+    let (_, worker) = start(BREAKER);
     for _ in 0..5 {
         let (mut s, _) = worker.request("users", &[]);
         s.on_done();
@@ -606,11 +592,8 @@ const PER_NAME: &str = r#"{"circuit_breaker": {"failure_threshold": 2}}"#;
 
 #[test]
 fn unlisted_named_routes_each_get_their_own_breaker() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, PER_NAME);
-    for _ in 0..2 {
-        worker.call("orders", "503");
-    }
+    let (_, worker) = start(PER_NAME);
+    worker.calls("orders", "503", 2);
     assert_eq!(worker.stat("route.orders.circuit_state"), 1);
     assert_eq!(worker.call("counted", "200"), Action::Continue);
     assert_eq!(worker.stat("route.counted.circuit_state"), 0);
@@ -619,8 +602,7 @@ fn unlisted_named_routes_each_get_their_own_breaker() {
 
 #[test]
 fn istio_default_routes_are_bucketed_by_destination_cluster() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, PER_NAME);
+    let (_, worker) = start(PER_NAME);
     let reviews = "outbound|8080||reviews.default.svc.cluster.local";
     let ratings = "outbound|9080||ratings.default.svc.cluster.local";
     for _ in 0..2 {
@@ -662,8 +644,7 @@ fn a_routes_entry_keyed_by_cluster_applies_and_bucket_by_cluster_shares_across_r
 
 #[test]
 fn a_request_with_no_upstream_cluster_is_counted_by_no_breaker() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, PER_NAME);
+    let (envoy, worker) = start(PER_NAME);
     for route in ["", "redirect", "default"] {
         let (mut s, action) = worker.request_to(route, None, &[]);
         assert_eq!(action, Action::Continue);
@@ -678,8 +659,7 @@ fn a_request_with_no_upstream_cluster_is_counted_by_no_breaker() {
 
 #[test]
 fn past_max_buckets_new_names_share_the_overflow_bucket() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, r#"{"max_buckets": 2}"#);
+    let (envoy, worker) = start(r#"{"max_buckets": 2}"#);
     for route in ["a", "b", "c", "d", "c"] {
         assert_eq!(worker.call(route, "200"), Action::Continue);
     }
@@ -717,8 +697,7 @@ fn two_stat_prefixes_share_no_stat_and_no_breaker() {
 
 #[test]
 fn rejections_tell_a_calling_envoy_not_to_retry_unless_switched_off() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, r#"{"circuit_breaker": {"failure_threshold": 1}}"#);
+    let (_, worker) = start(r#"{"circuit_breaker": {"failure_threshold": 1}}"#);
     worker.call("users", "503");
     worker.call("users", "200");
     let reply = worker.host().last_reply().unwrap();
@@ -858,8 +837,7 @@ fn a_configuration_whose_stats_envoy_does_not_keep_is_refused() {
 
 #[test]
 fn a_local_reply_of_another_filter_is_no_upstream_failure_and_cannot_close_a_probe() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(&envoy, BREAKER);
+    let (envoy, worker) = start(BREAKER);
     worker
         .host()
         .set_property("response.code_details", Some(b"fault_filter_abort"));
@@ -877,18 +855,14 @@ fn a_local_reply_of_another_filter_is_no_upstream_failure_and_cannot_close_a_pro
         "response.code_details",
         Some(b"upstream_reset_before_response_started{connection_failure}"),
     );
-    for _ in 0..3 {
-        worker.call("users", "503");
-    }
+    worker.calls("users", "503", 3);
     assert_eq!(worker.stat("route.users.circuit_state"), 1);
     // A probe answered locally with a 200 does not close the breaker.
     envoy.advance_ms(1_001);
     worker
         .host()
         .set_property("response.code_details", Some(b"direct_response"));
-    for _ in 0..3 {
-        worker.call("users", "200");
-    }
+    worker.calls("users", "200", 3);
     assert_eq!(worker.stat("route.users.circuit_closed_total"), 0);
 }
 

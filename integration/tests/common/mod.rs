@@ -64,3 +64,36 @@ pub fn assert_both_workers_served(envoy: &Envoy) {
         assert!(accepted > 0, "worker {worker} accepted no connection");
     }
 }
+
+/// The harness bootstrap of `config` with the filter also in the router's
+/// `upstream_http_filters`, configured by `upstream_plugin` (`"mode": "upstream"`), and the
+/// virtual host counting attempts (`include_request_attempt_count`; with `in_response`, also
+/// `include_attempt_count_in_response`).
+pub fn with_upstream_placement(
+    config: &EnvoyConfig,
+    upstream_plugin: &Value,
+    in_response: bool,
+) -> Value {
+    let mut bootstrap = config.bootstrap();
+    let hcm = bootstrap
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
+        .expect("the harness bootstrap has one HCM");
+    let vhost = &mut hcm["route_config"]["virtual_hosts"][0];
+    vhost["include_request_attempt_count"] = serde_json::json!(true);
+    if in_response {
+        vhost["include_attempt_count_in_response"] = serde_json::json!(true);
+    }
+    let filters = hcm["http_filters"].as_array_mut().expect("http_filters");
+    let mut wasm = filters[0].clone();
+    wasm["name"] = serde_json::json!("marty_resilience_upstream");
+    wasm["typed_config"]["config"]["name"] = serde_json::json!("marty_resilience_upstream");
+    wasm["typed_config"]["config"]["configuration"]["value"] =
+        serde_json::json!(upstream_plugin.to_string());
+    let router = filters.last_mut().expect("the router is last");
+    router["typed_config"]["upstream_http_filters"] = serde_json::json!([
+        wasm,
+        {"name": "envoy.filters.http.upstream_codec",
+         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}
+    ]);
+    bootstrap
+}
