@@ -72,7 +72,9 @@ pub fn explain(req: &Request<'_>) -> Result<Value> {
 
     let base = base_layers(&settings, &root, &env)?;
 
-    // Buckets: default, every route of the plugin JSON, routes asked for, routes with metadata.
+    // The top level (under "default": the policy of every bucket not in `routes`, each named
+    // route or destination getting its own breaker with it), every entry of the plugin JSON,
+    // routes asked for, routes with metadata.
     let mut metadata: BTreeMap<String, Value> = req.source.route_metadata.iter().cloned().collect();
     metadata.extend(req.metadata.iter().cloned());
     let mut names: Vec<String> = vec![DEFAULT_ROUTE.to_string()];
@@ -441,11 +443,18 @@ pub fn table(explained: &Value) -> String {
     }
     if let Some(buckets) = explained["buckets"].as_object() {
         for (route, b) in buckets {
-            out.push_str(&format!(
-                "\nroute {route:?} (bucket {}, stats marty_resilience.route.{}.*)\n",
-                b["bucket"].as_str().unwrap_or(""),
-                b["stat_name"].as_str().unwrap_or("")
-            ));
+            if route == DEFAULT_ROUTE {
+                out.push_str(
+                    "\ntop level: every bucket not in `routes` (each named route or destination \
+                     cluster gets its own breaker with this policy)\n",
+                );
+            } else {
+                out.push_str(&format!(
+                    "\nroute {route:?} (bucket {}, stats <stat_prefix>.route.{}.*)\n",
+                    b["bucket"].as_str().unwrap_or(""),
+                    b["stat_name"].as_str().unwrap_or("")
+                ));
+            }
             for key in ["note", "metadata_ignored"] {
                 if let Some(n) = b[key].as_str() {
                     out.push_str(&format!("  note: {n}\n"));
