@@ -16,7 +16,7 @@
 //! 1. no trap: Envoy's log has no Wasm VM failure and no `wasm.*` failure stat moved;
 //! 2. `active_requests` and `active_faults` read 0;
 //! 3. `requests_total` = requests C sent (each got a response);
-//!    `rejected_total` = C's responses carrying `x-marty-circuit`;
+//!    `rejected_total` = C's responses carrying `x-marty-circuit` or `x-marty-bulkhead`;
 //!    `faults_aborted_total` = C's responses carrying `x-marty-fault: abort`;
 //! 4. requests that reached U (distinct keys) = `requests_total - rejected_total -
 //!    faults_aborted_total` = `success_total + failure_total`;
@@ -268,7 +268,8 @@ fn soak() {
                         match http1(port, "GET", "/", &headers) {
                             Ok(r) => seen.lock().unwrap().push(Seen {
                                 status: r.status,
-                                rejected: r.header("x-marty-circuit").is_some(),
+                                rejected: r.header("x-marty-circuit").is_some()
+                                    || r.header("x-marty-bulkhead").is_some(),
                                 aborted: r.header("x-marty-fault") == Some("abort"),
                                 key,
                             }),
@@ -355,7 +356,7 @@ fn soak() {
     eprintln!(
         "SOAK SUMMARY\n\
          duration {load_time:.1?} (cycle {cycle:?}), {THREADS} client threads\n\
-         client: sent {sent}, responses {}, errors {}, 200s {}, rejected (x-marty-circuit) {client_rejected}, fault aborts {client_aborted}\n\
+         client: sent {sent}, responses {}, errors {}, 200s {}, rejected (x-marty-circuit, x-marty-bulkhead) {client_rejected}, fault aborts {client_aborted}\n\
          upstream: requests reached {upstream_requests}, attempts {upstream_attempts}, last attempt failed {upstream_failed}\n\
          filter: {}\n\
          Envoy RSS KiB: start {}, after warm-up {baseline}, peak after warm-up {peak_after_warmup}, end {last} ({growth:+.2}%)\n\
@@ -389,7 +390,7 @@ fn soak() {
     assert_eq!(c["requests_total"], sent, "requests_total vs requests sent");
     assert_eq!(
         c["rejected_total"], client_rejected,
-        "rejected_total vs x-marty-circuit responses"
+        "rejected_total vs x-marty-circuit and x-marty-bulkhead responses"
     );
     assert_eq!(
         c["faults_aborted_total"], client_aborted,
