@@ -263,3 +263,63 @@ fn raising_the_log_level_at_run_time_reaches_the_filter() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Adds a cluster `name` with the given endpoints (a copy of the harness's first cluster
+/// otherwise).
+fn add_cluster(bootstrap: &mut Value, name: &str, endpoints: Value) {
+    let clusters = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .expect("clusters");
+    let mut cluster = clusters[0].clone();
+    cluster["name"] = json!(name);
+    cluster["load_assignment"] = json!({"cluster_name": name, "endpoints": endpoints});
+    clusters.push(cluster);
+}
+
+#[test]
+fn slots_come_back_after_the_router_s_own_replies() {
+    // Connect failure (UF), no healthy upstream (UH), upstream timeout (UT): Envoy answers
+    // itself, and every slot of `active_requests` taken for those requests is given back, so
+    // the bulkhead's cap stays whole.
+    let upstream = Upstream::start();
+    let closed_port = marty_integration::bootstrap_edit::free_port();
+    let plugin = json!({"circuit_breaker": {"max_concurrent_requests": 2,
+        "failure_threshold": 1000}});
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(plugin.to_string())
+        .routes(vec![
+            RouteSpec::new("refused", "/refused").cluster("refused"),
+            RouteSpec::new("empty", "/empty").cluster("empty"),
+            RouteSpec::new("slow", "/slow").timeout(Duration::from_millis(200)),
+        ]);
+    let mut bootstrap = config.bootstrap();
+    add_cluster(
+        &mut bootstrap,
+        "refused",
+        json!([{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": closed_port}}}}]}]),
+    );
+    add_cluster(&mut bootstrap, "empty", json!([]));
+    let envoy = Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"));
+    for (path, route, status, headers) in [
+        ("/refused", "refused", 503, vec![]),
+        ("/empty", "empty", 503, vec![]),
+        ("/slow", "slow", 504, vec![("x-upstream-delay-ms", "3000")]),
+    ] {
+        for _ in 0..3 {
+            let r = http1(envoy.port(), "GET", path, &headers).unwrap();
+            assert_eq!(r.status, status, "{path}: {r:?}");
+            assert_eq!(
+                r.header("x-marty-bulkhead"),
+                None,
+                "{path}: the cap stays whole"
+            );
+        }
+        envoy.wait_for_stat(&stat(route, "active_requests"), |v| v == 0, WAIT);
+        assert_eq!(
+            value(&envoy, route, "failure_total"),
+            3,
+            "{route}: upstream failures"
+        );
+    }
+}
