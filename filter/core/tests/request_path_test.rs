@@ -231,11 +231,8 @@ fn two_workers_share_one_breaker() {
 
 #[test]
 fn the_bulkhead_rejects_past_max_concurrent_requests_and_gives_slots_back() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
-        r#"{"circuit_breaker": {"max_concurrent_requests": 2}, "routes": {"users": {}}}"#,
-    );
+    let (_, worker) =
+        start(r#"{"circuit_breaker": {"max_concurrent_requests": 2}, "routes": {"users": {}}}"#);
     let (mut first, a1) = worker.request("users", &[]);
     let (mut second, a2) = worker.request("users", &[]);
     assert_eq!((a1, a2), (Action::Continue, Action::Continue));
@@ -359,11 +356,8 @@ fn an_injected_delay_holds_the_request_and_the_tick_resumes_it() {
 
 #[test]
 fn holding_more_requests_does_not_restart_the_fast_tick() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
-        r#"{"failure_injection": {"enabled": true, "header_trigger": {"enabled": true}}}"#,
-    );
+    let (_, worker) =
+        start(r#"{"failure_injection": {"enabled": true, "header_trigger": {"enabled": true}}}"#);
     let mut held = Vec::new();
     for _ in 0..5 {
         let (s, action) = worker.request("", &[("x-failure-inject", "delay=1s")]);
@@ -417,11 +411,8 @@ fn max_active_faults_caps_faults_in_progress() {
 
 #[test]
 fn a_configured_rate_aborts_by_the_draw() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
-        r#"{"failure_injection": {"enabled": true, "base_failure_rate": 0.5}}"#,
-    );
+    let (_, worker) =
+        start(r#"{"failure_injection": {"enabled": true, "base_failure_rate": 0.5}}"#);
     worker
         .host()
         .draws
@@ -493,9 +484,7 @@ fn a_half_open_probe_goes_out_with_retries_switched_off() {
 
 #[test]
 fn a_spent_budget_switches_retries_off_until_it_refills() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
+    let (envoy, worker) = start(
         r#"{"retry": {"enabled": true, "budget": {"ratio": 0.1, "min_retries_per_second": 0}}}"#,
     );
     // Ten requests that each retried twice: far past a 10% budget.
@@ -555,9 +544,7 @@ fn a_stream_reset_before_a_response_says_nothing_about_the_upstream() {
 
 #[test]
 fn the_health_endpoint_answers_allowed_peers_from_the_shared_records() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
+    let (_, worker) = start(
         r#"{"health": {"enabled": true}, "circuit_breaker": {"failure_threshold": 1}, "routes": {"users": {}}}"#,
     );
     worker.call("users", "503");
@@ -625,9 +612,7 @@ fn istio_default_routes_are_bucketed_by_destination_cluster() {
 
 #[test]
 fn a_routes_entry_keyed_by_cluster_applies_and_bucket_by_cluster_shares_across_routes() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
+    let (_, worker) = start(
         r#"{"bucket_by": "cluster", "circuit_breaker": {"failure_threshold": 5},
             "routes": {"backend": {"circuit_breaker": {"failure_threshold": 1}}}}"#,
     );
@@ -719,11 +704,7 @@ fn rejections_tell_a_calling_envoy_not_to_retry_unless_switched_off() {
 
 #[test]
 fn a_bulkhead_rejection_says_it_is_one() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
-        r#"{"circuit_breaker": {"max_concurrent_requests": 1}}"#,
-    );
+    let (_, worker) = start(r#"{"circuit_breaker": {"max_concurrent_requests": 1}}"#);
     let (_held, _) = worker.request("users", &[]);
     let (_s, action) = worker.request("users", &[]);
     assert_eq!(action, Action::Pause);
@@ -737,11 +718,7 @@ fn a_bulkhead_rejection_says_it_is_one() {
 
 #[test]
 fn with_health_route_only_that_route_reads_its_path() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
-        r#"{"health": {"enabled": true, "route": "marty_health"}}"#,
-    );
+    let (_, worker) = start(r#"{"health": {"enabled": true, "route": "marty_health"}}"#);
     worker.call("users", "200");
     let (mut s, _) = worker.request("users", &[]);
     worker.respond(&mut s, "200");
@@ -769,11 +746,8 @@ fn with_health_route_only_that_route_reads_its_path() {
 
 #[test]
 fn enable_metrics_false_skips_the_per_request_counters_not_the_gauges() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
-        r#"{"circuit_breaker": {"enable_metrics": false, "failure_threshold": 1}}"#,
-    );
+    let (_, worker) =
+        start(r#"{"circuit_breaker": {"enable_metrics": false, "failure_threshold": 1}}"#);
     let (mut s, _) = worker.request("users", &[]);
     assert_eq!(worker.stat("route.users.active_requests"), 1);
     worker.respond(&mut s, "503");
@@ -785,9 +759,7 @@ fn enable_metrics_false_skips_the_per_request_counters_not_the_gauges() {
 
 #[test]
 fn the_guides_retry_section_retries_and_enable_circuit_breaker_false_retries_probes() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
+    let (envoy, worker) = start(
         r#"{"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1},
             "retry": {"max_attempts": 5, "base_delay": 0.2, "max_delay": 60.0,
                       "backoff_strategy": "exponential_jitter", "enable_adaptive_delays": true,
@@ -868,11 +840,7 @@ fn a_local_reply_of_another_filter_is_no_upstream_failure_and_cannot_close_a_pro
 
 #[test]
 fn with_count_attempts_the_placement_before_the_router_counts_no_outcome() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
-        r#"{"retry": {"enabled": true, "count_attempts": true}}"#,
-    );
+    let (_, worker) = start(r#"{"retry": {"enabled": true, "count_attempts": true}}"#);
     worker.call("users", "503");
     worker.call("users", "200");
     assert_eq!(worker.stat("route.users.requests_total"), 2);
@@ -892,9 +860,7 @@ fn with_count_attempts_the_placement_before_the_router_counts_no_outcome() {
 
 #[test]
 fn the_upstream_placement_holds_retries_but_does_not_count_them() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
+    let (_, worker) = start(
         r#"{"mode": "upstream", "retry": {"enabled": true, "max_attempts": 3,
             "backoff_strategy": "fixed", "base_delay": 0.1, "max_delay": 0.1}}"#,
     );
@@ -967,9 +933,7 @@ fn a_bucket_nobody_uses_is_forgotten_after_bucket_idle_timeout() {
 
 #[test]
 fn a_bucket_in_use_is_never_forgotten() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
+    let (envoy, worker) = start(
         r#"{"bucket_idle_timeout": "2s", "circuit_breaker": {"failure_threshold": 1,
             "recovery_timeout": 60}}"#,
     );
@@ -988,9 +952,7 @@ fn a_bucket_in_use_is_never_forgotten() {
 
 #[test]
 fn a_streaming_probe_is_settled_by_its_response_headers() {
-    let envoy = FakeEnvoy::new();
-    let worker = Worker::new(
-        &envoy,
+    let (envoy, worker) = start(
         r#"{"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1,
             "half_open_success_threshold": 1, "half_open_probe_timeout": 2}}"#,
     );
