@@ -31,7 +31,7 @@ fn held_requests_are_released_while_more_keep_arriving() {
 
     let upstream = Upstream::start();
     let config = json!({
-        "failure_injection": {"enabled": true, "header_trigger": {"enabled": true},
+        "failure_injection": {"enabled": true, "base_failure_rate": 0, "header_trigger": {"enabled": true},
                               "max_active_faults": 0, "delay": {"max": "1s"}},
         "routes": {"flaky": {"circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 1}}}
     });
