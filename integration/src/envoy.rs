@@ -33,6 +33,9 @@ pub const METADATA_NAMESPACE: &str = "marty.resilience";
 /// How long [`Envoy::start`] waits for LIVE before giving up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
+/// Longest wait for workers to flush their deferred counts before stats are read (the tick is
+/// 250 ms; a worker under load holds counts again right after each flush).
+const COUNTS_SETTLE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct RouteSpec {
@@ -646,7 +649,40 @@ impl Envoy {
 
     /// Counters and gauges by full (untagged) name; histograms and text readouts are
     /// left out.
+    /// Every stat, once the filter's workers have added their deferred counts
+    /// (`requests_total`, `success_total`: each worker adds them up and flushes them on its
+    /// tick, see docs/metrics.md) to Envoy's counters: waits, for at most
+    /// [`COUNTS_SETTLE`], until every `counters_unflushed` gauge reads 0.
     pub fn stats(&self) -> BTreeMap<String, i64> {
+        self.wait_for_flushed_counts();
+        self.stats_as_they_are()
+    }
+
+    /// Polls until no worker holds unflushed counts. Bounded: a VM that trapped with counts
+    /// pending keeps its gauge up until its lease is reclaimed.
+    fn wait_for_flushed_counts(&self) {
+        let deadline = Instant::now() + COUNTS_SETTLE;
+        loop {
+            let body = self.admin_ok("/stats?format=json&filter=counters_unflushed%24");
+            let pending = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|json| {
+                    json["stats"].as_array().map(|stats| {
+                        stats
+                            .iter()
+                            .any(|s| s["value"].as_i64().is_some_and(|v| v != 0))
+                    })
+                })
+                .unwrap_or(false);
+            if !pending || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Every stat as the admin shows it now, without waiting for deferred counts.
+    pub fn stats_as_they_are(&self) -> BTreeMap<String, i64> {
         let body = self.admin_ok("/stats?format=json");
         let json: Value = serde_json::from_str(&body).expect("parse /stats?format=json");
         json["stats"]
@@ -666,7 +702,9 @@ impl Envoy {
         self.stat(&format!("{WASM_CUSTOM_PREFIX}{name}"))
     }
 
+    /// `/stats/prometheus`, once deferred counts are in (see [`Envoy::stats`]).
     pub fn prometheus(&self) -> String {
+        self.wait_for_flushed_counts();
         self.admin_ok("/stats/prometheus")
     }
 

@@ -129,6 +129,7 @@ stats! {
         }
         gauges {
             stats_kept: "stats_kept",
+            counters_unflushed: "counters_unflushed",
         }
     }
 }

@@ -71,7 +71,7 @@ impl Worker {
         stream.on_response_headers(false);
         stream.on_response_body(true);
         stream.on_log();
-        stream.on_done();
+        stream.on_delete();
     }
 
     /// `n` whole requests on `route`, each answered with `status` if admitted.
@@ -88,12 +88,15 @@ impl Worker {
             self.respond(&mut stream, status);
         } else {
             stream.on_log();
-            stream.on_done();
+            stream.on_delete();
         }
         action
     }
 
+    /// A stat as Envoy's admin would show it once this worker's tick has flushed its deferred
+    /// counters (`requests_total`, `success_total`).
     fn stat(&self, name: &str) -> i64 {
+        self.plugin.flush_counts();
         self.host().envoy.stat(&format!("marty_resilience.{name}"))
     }
 }
@@ -244,12 +247,12 @@ fn the_bulkhead_rejects_past_max_concurrent_requests_and_gives_slots_back() {
         "marty_max_concurrent_requests"
     );
     third.on_log();
-    third.on_done();
+    third.on_delete();
     assert_eq!(worker.stat("route.users.concurrency_rejected_total"), 1);
     assert_eq!(worker.stat("route.users.active_requests"), 2);
     worker.respond(&mut first, "200");
     // A stream that ends without a response (client reset) gives its slot back too.
-    second.on_done();
+    second.on_delete();
     assert_eq!(worker.stat("route.users.active_requests"), 0);
     assert_eq!(worker.call("users", "200"), Action::Continue);
 }
@@ -386,7 +389,7 @@ fn a_client_that_leaves_while_held_is_never_resumed_and_frees_its_fault_slot() {
             ("x-failure-inject-token", "s3cret"),
         ],
     );
-    s.on_done();
+    s.on_delete();
     envoy.advance_ms(100);
     worker.plugin.tick();
     assert!(worker.host().resumed.borrow().is_empty());
@@ -535,7 +538,7 @@ fn a_stream_reset_before_a_response_says_nothing_about_the_upstream() {
     let (_, worker) = start(BREAKER);
     for _ in 0..5 {
         let (mut s, _) = worker.request("users", &[]);
-        s.on_done();
+        s.on_delete();
     }
     assert_eq!(worker.stat("route.users.failure_total"), 0);
     assert_eq!(worker.stat("route.users.circuit_state"), 0);
@@ -643,6 +646,33 @@ fn a_request_with_no_upstream_cluster_is_counted_by_no_breaker() {
 }
 
 #[test]
+fn requests_and_successes_reach_the_counters_on_the_tick_and_say_when_they_are_pending() {
+    let (envoy, worker) = start(BREAKER);
+    worker.calls("users", "200", 3);
+    // The last request (the call log is per stream) moved `active_requests` +1/-1 and no
+    // counter: `counters_unflushed` moved with the first.
+    assert_eq!(worker.host().count("increment_metric"), 2);
+    let read = |name: &str| envoy.stat(&format!("marty_resilience.{name}"));
+    assert_eq!(read("route.users.requests_total"), 0, "not before the tick");
+    assert_eq!(read("counters_unflushed"), 1, "this worker holds counts");
+    // A failure is counted at once.
+    worker.call("users", "503");
+    assert_eq!(read("route.users.failure_total"), 1);
+    envoy.advance_ms(u64::from(TICK_MS));
+    worker.plugin.tick();
+    assert_eq!(read("route.users.requests_total"), 4);
+    assert_eq!(read("route.users.success_total"), 3);
+    assert_eq!(read("counters_unflushed"), 0);
+    // A plugin that goes away (configuration replaced) flushes what it still holds.
+    worker.call("users", "200");
+    assert_eq!(read("counters_unflushed"), 1);
+    drop(worker);
+    assert_eq!(read("route.users.requests_total"), 5);
+    assert_eq!(read("route.users.success_total"), 4);
+    assert_eq!(read("counters_unflushed"), 0);
+}
+
+#[test]
 fn past_max_buckets_new_names_share_the_overflow_bucket() {
     let (envoy, worker) = start(r#"{"max_buckets": 2}"#);
     for route in ["a", "b", "c", "d", "c"] {
@@ -659,7 +689,7 @@ fn past_max_buckets_new_names_share_the_overflow_bucket() {
     // A second worker agrees through the shared registry.
     let other = Worker::new(&envoy, r#"{"max_buckets": 2}"#);
     other.call("e", "200");
-    assert_eq!(worker.stat("route._overflow_.requests_total"), 4);
+    assert_eq!(other.stat("route._overflow_.requests_total"), 4);
 }
 
 #[test]

@@ -28,6 +28,21 @@ pub struct BucketState {
     pub used: Cell<bool>,
     /// When the tick last saw the bucket used (monotonic ns).
     pub last_used_ns: Cell<u64>,
+    /// Requests and successes counted since the last flush, not yet in the Envoy counters
+    /// (see [`Deferred`]).
+    deferred_requests: Cell<u64>,
+    deferred_success: Cell<u64>,
+}
+
+/// The per-request counters of the healthy path. Every request and nearly every response
+/// would move them, and a counter increment is a host call (~1k instructions), so a worker
+/// adds them up in its own memory and the tick adds the sums to Envoy's counters
+/// ([`Plugin::flush_counts`](super::Plugin::flush_counts)): they are at most one tick
+/// behind. The other counters (failures, rejections, faults, retries) move as they happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deferred {
+    Requests,
+    Success,
 }
 
 impl BucketState {
@@ -41,6 +56,8 @@ impl BucketState {
             view: RefCell::new(None),
             budget: RefCell::new((budget::Pending::default(), None)),
             opened_as_of_view: Cell::new(None),
+            deferred_requests: Cell::new(0),
+            deferred_success: Cell::new(0),
         }
     }
 
@@ -60,6 +77,37 @@ impl BucketState {
     pub fn count<H: Host>(&self, host: &H, counter: Stat, n: i64) {
         if self.metrics_on.get() {
             counter.add(host, n);
+        }
+    }
+
+    /// Adds one to a deferred counter; `false` when the route keeps no per-request counters
+    /// (`enable_metrics: false`).
+    pub fn count_deferred(&self, counter: Deferred) -> bool {
+        if !self.metrics_on.get() {
+            return false;
+        }
+        let cell = self.deferred(counter);
+        cell.set(cell.get().saturating_add(1));
+        true
+    }
+
+    fn deferred(&self, counter: Deferred) -> &Cell<u64> {
+        match counter {
+            Deferred::Requests => &self.deferred_requests,
+            Deferred::Success => &self.deferred_success,
+        }
+    }
+
+    /// Adds the deferred counts to the Envoy counters.
+    pub fn flush_deferred<H: Host>(&self, host: &H) {
+        for (counter, stat) in [
+            (Deferred::Requests, self.stats.requests),
+            (Deferred::Success, self.stats.success),
+        ] {
+            let n = self.deferred(counter).replace(0);
+            if n > 0 {
+                stat.add(host, i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use log::{error, warn};
 
-use super::bucket::BucketState;
+use super::bucket::{BucketState, Deferred};
 use super::scheduler::{Parked, Scheduler, TICK_MS};
 use crate::breaker::{self, Now, Record, Step, Transition, Updated};
 use crate::config::{RoutePolicy, Settings, OVERFLOW_BUCKET};
@@ -67,6 +67,8 @@ pub struct Plugin<H: Host> {
     route_epoch: Cell<u64>,
     route_epoch_started_ns: Cell<u64>,
     last_stamp_ns: Cell<u64>,
+    /// Some bucket holds deferred counts (this VM then counts one in `counters_unflushed`).
+    counts_pending: Cell<bool>,
 }
 
 impl<H: Host> Plugin<H> {
@@ -94,6 +96,7 @@ impl<H: Host> Plugin<H> {
             route_epoch: Cell::new(0),
             route_epoch_started_ns: Cell::new(0),
             last_stamp_ns: Cell::new(0),
+            counts_pending: Cell::new(false),
         };
         let configured: Vec<Route> = plugin
             .settings
@@ -484,6 +487,27 @@ impl<H: Host> Plugin<H> {
         }
     }
 
+    /// Counts a request or a success of `bucket` toward the Envoy counter at the next flush.
+    /// The first count after a flush also moves `counters_unflushed` (+1 for this VM), so
+    /// whoever reads the counters can tell when every worker's counts are in.
+    pub fn count_later(&self, bucket: &BucketState, counter: Deferred) {
+        if bucket.count_deferred(counter) && !self.counts_pending.replace(true) {
+            self.stats.counters_unflushed.add(&self.host, 1);
+        }
+    }
+
+    /// Adds every bucket's deferred counts to the Envoy counters (from the tick, and when the
+    /// plugin goes away).
+    pub fn flush_counts(&self) {
+        if !self.counts_pending.replace(false) {
+            return;
+        }
+        for bucket in self.buckets.borrow().values() {
+            bucket.flush_deferred(&self.host);
+        }
+        self.stats.counters_unflushed.add(&self.host, -1);
+    }
+
     /// The root's tick: held requests that are due, then (every [`TICK_MS`]) housekeeping on
     /// every known bucket that may need it (quiet CLOSED ones are skipped, so the cost follows
     /// the routes in trouble, not all routes): lazy transitions that are due, the retry budget
@@ -498,6 +522,8 @@ impl<H: Host> Plugin<H> {
             return false;
         }
         self.last_housekeeping_ns.set(now.mono_ns);
+        // Before ageing, which may forget buckets.
+        self.flush_counts();
         let epoch_age = now
             .mono_ns
             .saturating_sub(self.route_epoch_started_ns.get());
@@ -543,6 +569,13 @@ impl<H: Host> Plugin<H> {
             }
         }
         true
+    }
+}
+
+impl<H: Host> Drop for Plugin<H> {
+    /// A replaced configuration's last counts are not lost with it.
+    fn drop(&mut self) {
+        self.flush_counts();
     }
 }
 

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use log::debug;
 
-use super::bucket::BucketState;
+use super::bucket::{BucketState, Deferred};
 use super::plugin::ThenAbort;
 use super::reply::{self, Rejection};
 use super::{health_endpoint, take_slot, Action, Plugin};
@@ -95,7 +95,7 @@ impl<H: Host> Stream<H> {
             return Action::Continue;
         };
         self.bucket = Some(bucket.clone());
-        bucket.count(self.host(), bucket.stats.requests, 1);
+        self.plugin.count_later(&bucket, Deferred::Requests);
 
         let route = bucket.route();
         let fault = if route.policy.failure_injection.enabled {
@@ -253,7 +253,7 @@ impl<H: Host> Stream<H> {
             return;
         }
         match outcome {
-            Outcome::Success => bucket.count(self.host(), bucket.stats.success, 1),
+            Outcome::Success => self.plugin.count_later(&bucket, Deferred::Success),
             Outcome::Failure => bucket.count(self.host(), bucket.stats.failure, 1),
             Outcome::Ignored => {}
         }
@@ -364,7 +364,7 @@ impl<H: Host> Stream<H> {
             return;
         }
         self.ticket = None;
-        bucket.count(self.host(), bucket.stats.success, 1);
+        self.plugin.count_later(&bucket, Deferred::Success);
         let now = self.plugin.now();
         let _ = self.plugin.update(&bucket, |rec| {
             breaker::record(rec, policy, now, ticket, Outcome::Success)
@@ -393,7 +393,7 @@ impl<H: Host> Stream<H> {
         self.finish();
     }
 
-    pub fn on_done(&mut self) {
+    pub fn on_delete(&mut self) {
         self.finish();
     }
 }

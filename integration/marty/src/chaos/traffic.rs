@@ -82,6 +82,36 @@ impl Clients {
     }
 }
 
+/// Waits (at most [`COUNTS_SETTLE`]) until no worker of the filter holds counts it has not
+/// added to Envoy's counters yet: `requests_total` and `success_total` are added up per
+/// worker and flushed on its tick (docs/metrics.md), which `counters_unflushed` tracks.
+async fn counts_flushed(clients: &Clients, admin: &str) -> Result<()> {
+    let url = format!("{admin}/stats?format=json&filter=counters_unflushed%24");
+    let deadline = tokio::time::Instant::now() + COUNTS_SETTLE;
+    loop {
+        let (status, body) = clients.get(&url).await?;
+        let pending = status == 200
+            && serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|json| {
+                    json["stats"].as_array().map(|stats| {
+                        stats
+                            .iter()
+                            .any(|s| s["value"].as_i64().is_some_and(|v| v != 0))
+                    })
+                })
+                .unwrap_or(false);
+        if !pending || tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Longest wait for deferred counts before stats are read anyway (a worker under load holds
+/// counts again right after each flush).
+const COUNTS_SETTLE: Duration = Duration::from_secs(2);
+
 /// Counters and gauges of an Envoy admin's `/stats`, by full name. `filter` is Envoy's regex
 /// filter (`/stats?filter=`), to keep frequent reads small.
 pub async fn stats(
@@ -89,6 +119,10 @@ pub async fn stats(
     admin: &str,
     filter: Option<&str>,
 ) -> Result<BTreeMap<String, i64>> {
+    if filter.is_none() {
+        // Whole snapshots are what counters are compared on; filtered reads watch gauges.
+        counts_flushed(clients, admin).await?;
+    }
     let url = match filter {
         Some(f) => format!("{admin}/stats?format=json&filter={f}"),
         None => format!("{admin}/stats?format=json"),
