@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod classify;
 pub mod config;
 pub mod duration;
+pub mod fast_map;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -9,9 +9,9 @@
 //! exported; Envoy skips a callback the module does not export.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
+use marty_resilience_core::fast_map::FastMap;
 use marty_resilience_core::proxy::{Action, Stream};
 
 use crate::abi::Abi;
@@ -21,7 +21,7 @@ thread_local! {
     /// One root per plugin configuration sharing this VM, by context id.
     static ROOTS: RefCell<Vec<(u32, Root)>> = const { RefCell::new(Vec::new()) };
     /// The HTTP streams in flight, by context id.
-    static STREAMS: RefCell<HashMap<u32, Stream<Abi>>> = RefCell::new(HashMap::new());
+    static STREAMS: RefCell<FastMap<u32, Stream<Abi>>> = RefCell::new(FastMap::default());
 }
 
 /// `Continue` and `Pause` as the ABI numbers them.

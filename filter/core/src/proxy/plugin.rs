@@ -3,7 +3,6 @@
 //! resolve its route with one property read, and the tick's housekeeping.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use log::{error, warn};
@@ -12,6 +11,7 @@ use super::bucket::{BucketState, Deferred};
 use super::scheduler::{Parked, Scheduler, TICK_MS};
 use crate::breaker::{self, Now, Record, Step, Transition, Updated};
 use crate::config::{RoutePolicy, Settings, OVERFLOW_BUCKET};
+use crate::fast_map::{FastMap, FastSet};
 use crate::fault::AbortPolicy;
 use crate::host::Host;
 use crate::routes::{named_by, resolve, NamedBy, Route};
@@ -50,15 +50,15 @@ pub struct Plugin<H: Host> {
     pub host: H,
     pub settings: Settings,
     pub stats: PluginStats,
-    buckets: RefCell<HashMap<String, Rc<BucketState>>>,
+    buckets: RefCell<FastMap<String, Rc<BucketState>>>,
     /// Buckets by Envoy route name (route-named buckets).
-    by_route: RefCell<HashMap<String, Cached>>,
+    by_route: RefCell<FastMap<String, Cached>>,
     /// Buckets by upstream cluster name (cluster-named buckets).
-    by_cluster: RefCell<HashMap<String, Cached>>,
+    by_cluster: RefCell<FastMap<String, Cached>>,
     /// Names sent to the overflow bucket and warned about (bounded).
-    overflow_warned: RefCell<HashSet<String>>,
+    overflow_warned: RefCell<FastSet<String>>,
     /// Stat names in use, by bucket: two buckets must not share one.
-    stat_names: RefCell<HashMap<String, String>>,
+    stat_names: RefCell<FastMap<String, String>>,
     pub scheduler: Scheduler<ThenAbort>,
     /// The wall clock minus the monotonic clock, measured once: the wall time of a transition
     /// is only reported, so deriving it saves a host call per request.
@@ -85,11 +85,11 @@ impl<H: Host> Plugin<H> {
             stats: PluginStats::define(&host, &settings.stat_prefix),
             host,
             settings,
-            buckets: RefCell::new(HashMap::new()),
-            by_route: RefCell::new(HashMap::new()),
-            by_cluster: RefCell::new(HashMap::new()),
-            overflow_warned: RefCell::new(HashSet::new()),
-            stat_names: RefCell::new(HashMap::new()),
+            buckets: RefCell::new(FastMap::default()),
+            by_route: RefCell::new(FastMap::default()),
+            by_cluster: RefCell::new(FastMap::default()),
+            overflow_warned: RefCell::new(FastSet::default()),
+            stat_names: RefCell::new(FastMap::default()),
             scheduler: Scheduler::default(),
             wall_offset_ms,
             last_housekeeping_ns: Cell::new(0),
@@ -580,7 +580,7 @@ impl<H: Host> Drop for Plugin<H> {
 }
 
 fn cache(
-    map: &RefCell<HashMap<String, Cached>>,
+    map: &RefCell<FastMap<String, Cached>>,
     name: &str,
     bucket: Option<Rc<BucketState>>,
     epoch: u64,
