@@ -623,9 +623,10 @@ impl Demo {
         Ok(r)
     }
 
-    /// The stats once the last request's outcome is counted (the filter counts in its log
-    /// callback, which may run just after the client has the response). Bounded; on timeout
-    /// the latest stats are used as they are.
+    /// The stats once the last request's outcome is counted (the filter counts when Envoy
+    /// destroys the stream, which may be just after the client has the response, and adds
+    /// requests and successes to the counters on its 250 ms tick). Bounded; on timeout the
+    /// latest stats are used as they are.
     fn settled(&self, before: &Snapshot) -> Result<Snapshot, String> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {

@@ -70,7 +70,6 @@ impl Worker {
             .set_headers(Map::ResponseHeaders, &[(":status", status)]);
         stream.on_response_headers(false);
         stream.on_response_body(true);
-        stream.on_log();
         stream.on_delete();
     }
 
@@ -87,7 +86,6 @@ impl Worker {
         if action == Action::Continue {
             self.respond(&mut stream, status);
         } else {
-            stream.on_log();
             stream.on_delete();
         }
         action
@@ -246,7 +244,6 @@ fn the_bulkhead_rejects_past_max_concurrent_requests_and_gives_slots_back() {
         worker.host().last_reply().unwrap().details,
         "marty_max_concurrent_requests"
     );
-    third.on_log();
     third.on_delete();
     assert_eq!(worker.stat("route.users.concurrency_rejected_total"), 1);
     assert_eq!(worker.stat("route.users.active_requests"), 2);
@@ -461,7 +458,7 @@ fn the_retry_policy_becomes_envoy_retry_headers_and_client_headers_are_removed()
         &[(":status", "200"), ("x-envoy-attempt-count", "3")],
     );
     s.on_response_headers(true);
-    s.on_log();
+    s.on_delete();
     assert_eq!(worker.stat("route.users.retry_attempts_total"), 2);
 }
 
@@ -498,7 +495,7 @@ fn a_spent_budget_switches_retries_off_until_it_refills() {
             &[(":status", "200"), ("x-envoy-attempt-count", "3")],
         );
         s.on_response_headers(true);
-        s.on_log();
+        s.on_delete();
     }
     envoy.advance_ms(300);
     worker.plugin.tick();
@@ -528,7 +525,7 @@ fn outcomes_follow_the_classification_grpc_status_in_trailers() {
         .host()
         .set_headers(Map::ResponseTrailers, &[("grpc-status", "14")]);
     s.on_response_trailers();
-    s.on_log();
+    s.on_delete();
     assert_eq!(worker.stat("route.users.failure_total"), 1);
     assert_eq!(worker.stat("route.users.success_total"), 0);
 }
@@ -1007,7 +1004,7 @@ fn a_streaming_probe_is_settled_by_its_response_headers() {
         .host()
         .set_headers(Map::ResponseTrailers, &[("grpc-status", "0")]);
     probe.on_response_trailers();
-    probe.on_log();
+    probe.on_delete();
     assert_eq!(worker.stat("route.stream.active_requests"), 0);
     assert_eq!(worker.stat("route.stream.success_total"), 1, "counted once");
     assert_eq!(worker.stat("route.stream.circuit_state"), 0);

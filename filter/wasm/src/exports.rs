@@ -76,10 +76,10 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
     Box::into_raw(block.into_boxed_slice()).cast::<u8>()
 }
 
-// `proxy_on_done` is not exported: Envoy then takes every context as done at once, and a
-// stream's end is handled by `proxy_on_log` (which Envoy calls before deleting the stream)
-// with `proxy_on_delete` as the safety net. One callback fewer per request (~1.8k
-// instructions, docs/performance.md).
+// Neither `proxy_on_done` nor `proxy_on_log` is exported: a stream's end is handled in
+// `proxy_on_delete`, which Envoy calls from the filter's `onDestroy` (after the access log,
+// with the stream's info still readable), and Envoy skips a callback the module does not
+// export. Two callbacks fewer per request, ~1.8k instructions each (docs/performance.md).
 
 /// A root (no parent) per plugin, or an HTTP stream under its plugin's root.
 #[no_mangle]
@@ -153,11 +153,6 @@ pub extern "C" fn proxy_on_response_trailers(context_id: u32, _num_trailers: usi
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_log(context_id: u32) {
-    with_stream(context_id, Stream::on_log);
-}
-
-#[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     let removed = STREAMS.with(|streams| {
         streams
@@ -166,8 +161,6 @@ pub extern "C" fn proxy_on_delete(context_id: u32) {
             .and_then(|mut streams| streams.remove(&context_id))
     });
     if let Some(mut stream) = removed {
-        // Envoy logs a stream before deleting it, so `on_log` has finished it; should a stream
-        // ever skip the log, its slots and outcome are settled here all the same.
         stream.on_delete();
     } else {
         ROOTS.with(|roots| {

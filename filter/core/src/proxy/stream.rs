@@ -389,10 +389,8 @@ impl<H: Host> Stream<H> {
         Action::Continue
     }
 
-    pub fn on_log(&mut self) {
-        self.finish();
-    }
-
+    /// The stream is going away (Envoy's `onDestroy`, after its access log): classify, give
+    /// back its slots, record its outcome.
     pub fn on_delete(&mut self) {
         self.finish();
     }
