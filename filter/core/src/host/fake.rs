@@ -145,6 +145,11 @@ impl FakeHost {
         self.calls.borrow().iter().filter(|c| **c == name).count()
     }
 
+    /// Every call since the stream started, in order.
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.calls.borrow().clone()
+    }
+
     pub fn last_reply(&self) -> Option<LocalReply> {
         self.replies.borrow().last().cloned()
     }

@@ -444,6 +444,7 @@ impl<H: Host> Plugin<H> {
             let mut stat_names = self.stat_names.borrow_mut();
             for name in &forgotten {
                 if let Some(bucket) = buckets.remove(name) {
+                    bucket.retire(&self.host);
                     stat_names.remove(&bucket.route.borrow().stat_name);
                 }
             }
@@ -492,6 +493,14 @@ impl<H: Host> Plugin<H> {
     /// whoever reads the counters can tell when every worker's counts are in.
     pub fn count_later(&self, bucket: &BucketState, counter: Deferred) {
         if bucket.count_deferred(counter) && !self.counts_pending.replace(true) {
+            self.stats.counters_unflushed.add(&self.host, 1);
+        }
+    }
+
+    /// Takes an uncapped `active_requests` slot (`delta` +1) or gives it back (-1), deferred
+    /// like the counts: pending until the next flush.
+    pub fn move_active_later(&self, bucket: &BucketState, delta: i64) {
+        if bucket.move_active_deferred(&self.host, delta) && !self.counts_pending.replace(true) {
             self.stats.counters_unflushed.add(&self.host, 1);
         }
     }

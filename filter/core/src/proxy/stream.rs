@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use log::debug;
 
-use super::bucket::{BucketState, Deferred};
+use super::bucket::{BucketState, Deferred, Slot};
 use super::plugin::ThenAbort;
 use super::reply::{self, Rejection};
 use super::{health_endpoint, take_slot, Action, Plugin};
@@ -31,8 +31,8 @@ pub struct Stream<H: Host> {
     bucket: Option<Rc<BucketState>>,
     /// Present while the request counts toward the breaker.
     ticket: Option<Ticket>,
-    /// The request holds a slot of `active_requests`.
-    active: bool,
+    /// How the request holds its slot of `active_requests`.
+    slot: Slot,
     response: Response,
     /// The request holds a slot of `active_faults`.
     fault_active: bool,
@@ -52,7 +52,7 @@ impl<H: Host> Stream<H> {
             plugin,
             bucket: None,
             ticket: None,
-            active: false,
+            slot: Slot::None,
             response: Response::default(),
             fault_active: false,
             parked: false,
@@ -184,6 +184,11 @@ impl<H: Host> Stream<H> {
         match decision {
             Decision::Allow(ticket) => {
                 self.ticket = Some(ticket);
+                if policy.max_concurrent_requests == 0 {
+                    self.plugin.move_active_later(bucket, 1);
+                    self.slot = Slot::Deferred;
+                    return Action::Continue;
+                }
                 if !take_slot(
                     self.host(),
                     bucket.stats.active_requests,
@@ -194,7 +199,7 @@ impl<H: Host> Stream<H> {
                     bucket.count(self.host(), bucket.stats.concurrency_rejected, 1);
                     return self.reject(bucket, Rejection::Concurrency, 0);
                 }
-                self.active = true;
+                self.slot = Slot::Gauge;
                 Action::Continue
             }
             Decision::Reject {
@@ -232,8 +237,10 @@ impl<H: Host> Stream<H> {
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
-        if std::mem::take(&mut self.active) {
-            bucket.stats.active_requests.add(self.host(), -1);
+        match std::mem::replace(&mut self.slot, Slot::None) {
+            Slot::None => {}
+            Slot::Gauge => bucket.stats.active_requests.add(self.host(), -1),
+            Slot::Deferred => self.plugin.move_active_later(&bucket, -1),
         }
         let Some(ticket) = self.ticket.take() else {
             return;
