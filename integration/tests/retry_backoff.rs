@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 /// Starts Envoy with the filter before the router (retry headers) and again in the router's
 /// `upstream_http_filters` (backoff), Envoy's own backoff at its minimum so the strategy
-/// governs, and the virtual host adding `x-envoy-attempt-count` to each try.
+/// governs.
 fn envoy_with_backoff(upstream: &Upstream, downstream: Value) -> Envoy {
     let mut upstream_config = downstream.clone();
     upstream_config["mode"] = json!("upstream");
@@ -165,4 +165,36 @@ fn the_upstream_placement_applies_the_route_s_own_policy() {
     assert_eq!(tries.len(), 3);
     let gaps: Vec<Duration> = tries.windows(2).map(|w| w[1].at - w[0].at).collect();
     assert_at_least("fixed, per route", &gaps, &[ms(300), ms(300)]);
+}
+
+#[test]
+fn a_client_sent_attempt_count_does_not_hold_a_first_try() {
+    // The upstream placement times a try by Envoy's own try number, so a client claiming its
+    // request is the fifth try (the virtual host does not set the header here) is not held for
+    // a backoff: with a 60 s delay, a hold would outlast the client's 30 s timeout.
+    let upstream = Upstream::start();
+    let envoy = envoy_with_backoff(
+        &upstream,
+        json!({"circuit_breaker": {"enabled": false},
+               "retry": {"enabled": true, "max_attempts": 5, "retry_on": ["5xx"],
+                         "per_try_timeout": 0, "backoff_strategy": "fixed",
+                         "base_delay": 60.0, "max_delay": 60.0}}),
+    );
+    let headers = [
+        ("x-test-key", "claims-fifth"),
+        ("x-envoy-attempt-count", "5"),
+    ];
+    let r = http1(envoy.port(), "GET", "/users", &headers).unwrap();
+    assert_eq!(r.status, 200);
+    let tries = upstream.requests("claims-fifth");
+    assert_eq!(tries.len(), 1);
+    assert_eq!(
+        tries[0]
+            .headers
+            .iter()
+            .find(|(name, _)| name == "x-envoy-attempt-count")
+            .map(|(_, value)| value.as_str()),
+        Some("5"),
+        "the client's header reached the upstream: the filter let it be and ignored it"
+    );
 }

@@ -10,6 +10,7 @@
 
 use serde_json::Value;
 
+use crate::config::retry::RetryHeaders;
 use crate::config::{
     check_route_name, stat_name, BucketBy, ConfigError, RoutePolicy, Settings, DEFAULT_ROUTE,
 };
@@ -42,6 +43,8 @@ pub struct Route {
     /// The shared-data key of the bucket's breaker.
     pub key: String,
     pub policy: RoutePolicy,
+    /// The policy's retry headers, as the request path writes them.
+    pub retry_headers: RetryHeaders,
 }
 
 impl Route {
@@ -50,6 +53,7 @@ impl Route {
             bucket: bucket.to_string(),
             stat_name: stat_name(bucket),
             key: keys::breaker(stat_prefix, bucket),
+            retry_headers: RetryHeaders::new(&policy.retry),
             policy,
         }
     }

@@ -134,6 +134,59 @@ fn a_healthy_request_is_admitted_with_no_shared_data_read_once_the_view_is_warm(
     assert_eq!(worker.stat("route.users.active_requests"), 0);
 }
 
+/// The host calls of one warm request, in order: request headers, then response headers.
+fn calls_of_one_request(worker: &Worker) -> (Vec<&'static str>, Vec<&'static str>) {
+    worker.call("users", "200");
+    let (mut stream, _) = worker.request("users", &[]);
+    let request = worker.host().calls();
+    worker.host().new_stream(&[]);
+    worker.respond(&mut stream, "200");
+    (request, worker.host().calls())
+}
+
+#[test]
+fn a_closed_breaker_costs_the_route_name_one_counter_read_and_the_status() {
+    // docs/performance.md prices each of these; a new call here is a cost on every request.
+    let (_, worker) = start(BREAKER);
+    let (request, response) = calls_of_one_request(&worker);
+    assert_eq!(request, ["get_property", "get_metric"]);
+    assert_eq!(response, ["get_header"]);
+    // The cap reads its gauge right after its own increment, and gives the slot back at once.
+    let (_, worker) =
+        start(r#"{"circuit_breaker": {"max_concurrent_requests": 10}, "routes": {"users": {}}}"#);
+    let (request, response) = calls_of_one_request(&worker);
+    assert_eq!(
+        request,
+        [
+            "get_property",
+            "get_metric",
+            "increment_metric",
+            "get_metric"
+        ]
+    );
+    assert_eq!(response, ["get_header", "increment_metric"]);
+}
+
+#[test]
+fn a_retry_policy_costs_its_header_writes_and_one_response_read() {
+    let (_, worker) =
+        start(r#"{"retry": {"enabled": true, "max_attempts": 3}, "routes": {"users": {}}}"#);
+    let (request, response) = calls_of_one_request(&worker);
+    // max-retries, retry-on, retry-grpc-on, per-try timeout: the preset's policy, prebuilt.
+    assert_eq!(
+        request,
+        [
+            "get_property",
+            "get_metric",
+            "set_header",
+            "set_header",
+            "set_header",
+            "set_header"
+        ]
+    );
+    assert_eq!(response, ["get_header", "get_header"]);
+}
+
 #[test]
 fn failures_open_the_breaker_and_an_open_breaker_replies_503_without_the_upstream() {
     let (_, worker) = start(BREAKER);
@@ -447,7 +500,9 @@ fn the_retry_policy_becomes_envoy_retry_headers_and_client_headers_are_removed()
         header("x-envoy-upstream-rq-per-try-timeout-ms").as_deref(),
         Some("2000")
     );
-    assert_eq!(header("x-envoy-attempt-count"), None);
+    // Nothing reads a client's attempt count (the upstream placement asks Envoy): left alone,
+    // a host call saved.
+    assert_eq!(header("x-envoy-attempt-count").as_deref(), Some("9"));
     // Bounded by the max-retries the filter sets: left alone (a host call saved).
     assert_eq!(
         header("x-envoy-retriable-header-names").as_deref(),
@@ -646,27 +701,85 @@ fn a_request_with_no_upstream_cluster_is_counted_by_no_breaker() {
 fn requests_and_successes_reach_the_counters_on_the_tick_and_say_when_they_are_pending() {
     let (envoy, worker) = start(BREAKER);
     worker.calls("users", "200", 3);
-    // The last request (the call log is per stream) moved `active_requests` +1/-1 and no
-    // counter: `counters_unflushed` moved with the first.
-    assert_eq!(worker.host().count("increment_metric"), 2);
+    // The last request (the call log is per stream) moved no counter and, with no
+    // `max_concurrent_requests`, not the `active_requests` gauge either:
+    // `counters_unflushed` moved with the first.
+    assert_eq!(worker.host().count("increment_metric"), 0);
     let read = |name: &str| envoy.stat(&format!("marty_resilience.{name}"));
     assert_eq!(read("route.users.requests_total"), 0, "not before the tick");
     assert_eq!(read("counters_unflushed"), 1, "this worker holds counts");
+    // An uncapped in-flight request reaches the gauge on the tick, and its end on the next.
+    let (mut in_flight, _) = worker.request("users", &[]);
+    assert_eq!(
+        read("route.users.active_requests"),
+        0,
+        "not before the tick"
+    );
+    envoy.advance_ms(u64::from(TICK_MS));
+    worker.plugin.tick();
+    assert_eq!(read("route.users.active_requests"), 1);
+    assert_eq!(read("counters_unflushed"), 0);
+    worker.respond(&mut in_flight, "200");
+    drop(in_flight);
+    assert_eq!(read("route.users.active_requests"), 1, "until the tick");
+    assert_eq!(read("counters_unflushed"), 1);
+    envoy.advance_ms(u64::from(TICK_MS));
+    worker.plugin.tick();
+    assert_eq!(read("route.users.active_requests"), 0);
+    assert_eq!(read("route.users.requests_total"), 4);
+    assert_eq!(read("route.users.success_total"), 4);
     // A failure is counted at once.
     worker.call("users", "503");
     assert_eq!(read("route.users.failure_total"), 1);
     envoy.advance_ms(u64::from(TICK_MS));
     worker.plugin.tick();
-    assert_eq!(read("route.users.requests_total"), 4);
-    assert_eq!(read("route.users.success_total"), 3);
+    assert_eq!(read("route.users.requests_total"), 5);
+    assert_eq!(read("route.users.success_total"), 4);
     assert_eq!(read("counters_unflushed"), 0);
     // A plugin that goes away (configuration replaced) flushes what it still holds.
     worker.call("users", "200");
     assert_eq!(read("counters_unflushed"), 1);
     drop(worker);
-    assert_eq!(read("route.users.requests_total"), 5);
-    assert_eq!(read("route.users.success_total"), 4);
+    assert_eq!(read("route.users.requests_total"), 6);
+    assert_eq!(read("route.users.success_total"), 5);
     assert_eq!(read("counters_unflushed"), 0);
+}
+
+#[test]
+fn a_capped_route_moves_its_in_flight_gauge_at_once() {
+    let (envoy, worker) =
+        start(r#"{"circuit_breaker": {"max_concurrent_requests": 5}, "routes": {"users": {}}}"#);
+    let (mut s, _) = worker.request("users", &[]);
+    assert_eq!(
+        envoy.stat("marty_resilience.route.users.active_requests"),
+        1
+    );
+    worker.respond(&mut s, "200");
+    assert_eq!(
+        envoy.stat("marty_resilience.route.users.active_requests"),
+        0
+    );
+}
+
+#[test]
+fn an_uncapped_slot_held_past_its_bucket_s_ageing_still_comes_back() {
+    let (envoy, worker) = start(r#"{"bucket_idle_timeout": "1s"}"#);
+    let (mut long_stream, _) = worker.request("adhoc", &[]);
+    // Flushed (+1), then the bucket ages out while the stream goes on.
+    for _ in 0..12 {
+        envoy.advance_ms(u64::from(TICK_MS));
+        worker.plugin.tick();
+    }
+    assert_eq!(
+        envoy.stat("marty_resilience.route.adhoc.active_requests"),
+        1
+    );
+    assert!(worker.plugin.bucket_policy("adhoc").is_none(), "aged out");
+    worker.respond(&mut long_stream, "200");
+    assert_eq!(
+        envoy.stat("marty_resilience.route.adhoc.active_requests"),
+        0
+    );
 }
 
 #[test]
@@ -891,11 +1004,23 @@ fn the_upstream_placement_holds_retries_but_does_not_count_them() {
         r#"{"mode": "upstream", "retry": {"enabled": true, "max_attempts": 3,
             "backoff_strategy": "fixed", "base_delay": 0.1, "max_delay": 0.1}}"#,
     );
-    let (_s, action) = worker.request("users", &[("x-envoy-attempt-count", "2")]);
+    let attempt = |n: u64| {
+        worker
+            .host()
+            .set_property("upstream.request_attempt_count", Some(&n.to_le_bytes()));
+    };
+    attempt(2);
+    let (_s, action) = worker.request("users", &[]);
     assert_eq!(action, Action::Pause, "held for the backoff");
     assert_eq!(worker.stat("route.users.retry_attempts_total"), 0);
-    // A client-sent attempt count cannot hold a request past the last retry's delay.
-    let (_s, action) = worker.request("users", &[("x-envoy-attempt-count", "4000000000")]);
+    // The try number is Envoy's: a client-sent attempt count does not hold a first try.
+    attempt(1);
+    let (_s, action) = worker.request("users", &[("x-envoy-attempt-count", "3")]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(worker.plugin.scheduler.len(), 1);
+    // Nor can an absurd try number hold a request past the last retry's delay.
+    attempt(4_000_000_000);
+    let (_s, action) = worker.request("users", &[]);
     assert_eq!(action, Action::Pause);
     assert_eq!(worker.plugin.scheduler.len(), 2);
 }

@@ -66,9 +66,9 @@ pub fn assert_both_workers_served(envoy: &Envoy) {
 }
 
 /// The harness bootstrap of `config` with the filter also in the router's
-/// `upstream_http_filters`, configured by `upstream_plugin` (`"mode": "upstream"`), and the
-/// virtual host counting attempts (`include_request_attempt_count`; with `in_response`, also
-/// `include_attempt_count_in_response`).
+/// `upstream_http_filters`, configured by `upstream_plugin` (`"mode": "upstream"`); with
+/// `in_response`, the virtual host reports attempts (`include_attempt_count_in_response`). The
+/// upstream placement needs no `include_request_attempt_count`: it reads Envoy's own try number.
 pub fn with_upstream_placement(
     config: &EnvoyConfig,
     upstream_plugin: &Value,
@@ -79,7 +79,6 @@ pub fn with_upstream_placement(
         .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
         .expect("the harness bootstrap has one HCM");
     let vhost = &mut hcm["route_config"]["virtual_hosts"][0];
-    vhost["include_request_attempt_count"] = serde_json::json!(true);
     if in_response {
         vhost["include_attempt_count_in_response"] = serde_json::json!(true);
     }

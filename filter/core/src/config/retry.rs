@@ -53,16 +53,34 @@ pub const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms
 /// it longer, need removing: the filter always sets `x-envoy-max-retries`, which bounds every
 /// retry and hedge whatever other header a client sends, and replaces each header it sets. So
 /// what is left to remove is a per-try timeout the policy leaves unset (a shorter one would
-/// spend the retries faster) and `x-envoy-attempt-count`, by which the upstream placement
-/// times a try (a client's own value, where the virtual host does not set one, must not hold
-/// its request, and its `active_requests` slot, for the longest backoff). Each removal is a host
+/// spend the retries faster). A client's `x-envoy-attempt-count` is not removed: nothing reads
+/// it (the upstream placement times a try by Envoy's own `upstream.request_attempt_count`, and
+/// the router replaces the header where the virtual host asks for it). Each removal is a host
 /// call per request: the list is kept to these.
-pub const CLIENT_RETRY_HEADERS: &[&str] = &[
-    MAX_RETRIES_HEADER,
-    RETRY_ON_HEADER,
-    PER_TRY_TIMEOUT_HEADER,
-    "x-envoy-attempt-count",
-];
+pub const CLIENT_RETRY_HEADERS: &[&str] =
+    &[MAX_RETRIES_HEADER, RETRY_ON_HEADER, PER_TRY_TIMEOUT_HEADER];
+
+/// A route's retry headers, built once per route resolution rather than per request: the
+/// request path only writes them (and, with retries suppressed, `x-envoy-max-retries: 0`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryHeaders {
+    /// What to set, `x-envoy-max-retries` first with the policy's retries.
+    pub set: Vec<(&'static str, String)>,
+    /// The client retry headers the policy does not set, to remove.
+    pub remove: Vec<&'static str>,
+}
+
+impl RetryHeaders {
+    pub fn new(policy: &RetryPolicy) -> Self {
+        let set = policy.headers(policy.max_retries());
+        let remove = CLIENT_RETRY_HEADERS
+            .iter()
+            .copied()
+            .filter(|name| !set.iter().any(|(s, _)| s == name))
+            .collect();
+        Self { set, remove }
+    }
+}
 
 /// Envoy's `retry_on` conditions (router docs), the only ones accepted.
 pub const RETRY_ON_CONDITIONS: &[&str] = &[

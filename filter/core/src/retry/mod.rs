@@ -61,6 +61,17 @@ pub fn retries_reported(attempt_count: Option<&[u8]>) -> u32 {
         .saturating_sub(1)
 }
 
+/// The try number of Envoy's `upstream.request_attempt_count` property (an 8-byte
+/// little-endian integer; 1 when absent or unreadable).
+pub fn attempt_from_property(value: Option<&[u8]>) -> u32 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
 /// The try number of `x-envoy-attempt-count` (1 when absent or unreadable).
 pub fn attempt_number(attempt_count: Option<&[u8]>) -> u32 {
     attempt_count

@@ -8,16 +8,16 @@ use log::debug;
 
 use super::Stream;
 use crate::breaker::{self, State, Ticket};
-use crate::config::retry::{RetryPolicy, CLIENT_RETRY_HEADERS};
+use crate::config::retry::RetryPolicy;
 use crate::host::{Host, Map};
 use crate::proxy::bucket::BucketState;
 use crate::proxy::Action;
 use crate::retry::{self, Suppressed};
 
 impl<H: Host> Stream<H> {
-    /// Upstream mode: this is one try of a request. A retry (try n >= 2, from the router's
-    /// `x-envoy-attempt-count`, which the virtual host's `include_request_attempt_count` adds) is
-    /// held for the route's backoff delay before it goes out; the first try passes at once.
+    /// Upstream mode: this is one try of a request. A retry (try n >= 2, by the router's
+    /// `upstream.request_attempt_count`) is held for the route's backoff delay before it goes
+    /// out; the first try passes at once.
     pub(super) fn on_upstream_try(&mut self, route_name: &str) -> Action {
         let Some(bucket) = self.plugin.bucket_for(route_name) else {
             return Action::Continue;
@@ -41,9 +41,10 @@ impl<H: Host> Stream<H> {
                     })
             });
         }
-        let attempt = retry::attempt_number(
+        // Envoy's own count of this request's tries, not a header a client could have sent.
+        let attempt = retry::attempt_from_property(
             self.host()
-                .header(Map::RequestHeaders, "x-envoy-attempt-count")
+                .property(&["upstream", "request_attempt_count"])
                 .as_deref(),
         );
         if attempt < 2 {
@@ -51,9 +52,7 @@ impl<H: Host> Stream<H> {
         }
         // Not counted in `retry_attempts_total` here: the placement before the router counts
         // retries from the response's `x-envoy-attempt-count`, and counting here too would
-        // count each retry twice where both placements run. A client-sent attempt count (the
-        // virtual host not setting one) can hold a request no longer than the last retry's
-        // delay.
+        // count each retry twice where both placements run.
         let attempt = attempt.min(policy.max_attempts.max(2));
         let failure_ratio = bucket
             .budget
@@ -99,25 +98,26 @@ impl<H: Host> Stream<H> {
                 }
             }
         };
-        let headers = policy.headers(max_retries);
+        let route = bucket.route();
+        let headers = &route.retry_headers;
         let host = self.host();
+        // Built with the policy's retries; a suppressed request says 0 instead.
+        let suppressed = max_retries != policy.max_retries();
         if policy.trust_client_headers {
             // The client's own retry headers win; the policy fills in what it did not send.
-            for (name, value) in &headers {
+            for (i, (name, v)) in headers.set.iter().enumerate() {
                 if host.header(Map::RequestHeaders, name).is_none() {
-                    host.set_header(Map::RequestHeaders, name, value);
+                    host.set_header(Map::RequestHeaders, name, written(i, v, suppressed));
                 }
             }
             return;
         }
-        for (name, value) in &headers {
-            host.set_header(Map::RequestHeaders, name, value);
+        for (i, (name, v)) in headers.set.iter().enumerate() {
+            host.set_header(Map::RequestHeaders, name, written(i, v, suppressed));
         }
         // A client must not be able to multiply load on a struggling upstream.
-        for name in CLIENT_RETRY_HEADERS {
-            if !headers.iter().any(|(set, _)| set == name) {
-                host.remove_header(Map::RequestHeaders, name);
-            }
+        for name in &headers.remove {
+            host.remove_header(Map::RequestHeaders, name);
         }
     }
 
@@ -139,5 +139,15 @@ impl<H: Host> Stream<H> {
         for _ in 0..retries {
             budget.0.retry();
         }
+    }
+}
+
+/// The value of the `i`th prebuilt header: `x-envoy-max-retries` (the first) says 0 when the
+/// request's retries are suppressed.
+fn written(i: usize, value: &str, suppressed: bool) -> &str {
+    if i == 0 && suppressed {
+        "0"
+    } else {
+        value
     }
 }
