@@ -144,28 +144,48 @@ impl Abi {
     }
 }
 
-/// The ABI's property path encoding: each segment followed by a NUL.
-fn encode_path(path: &[&str]) -> Vec<u8> {
-    let mut encoded = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
-    for segment in path {
-        encoded.extend_from_slice(segment.as_bytes());
-        encoded.push(0);
+/// Longest property path encoded on the stack; every path the filter reads is far shorter.
+const PATH_ON_STACK: usize = 64;
+
+/// The ABI's property path encoding, each segment followed by a NUL, handed to `read`. Encoded
+/// on the stack: the route name is read on every request, and a heap block per read (allocate,
+/// free) is a cost for nothing.
+fn with_encoded_path<T>(path: &[&str], read: impl FnOnce(&[u8]) -> T) -> T {
+    let len: usize = path.iter().map(|p| p.len() + 1).sum();
+    if len > PATH_ON_STACK {
+        let mut encoded = Vec::with_capacity(len);
+        for segment in path {
+            encoded.extend_from_slice(segment.as_bytes());
+            encoded.push(0);
+        }
+        return read(&encoded);
     }
-    encoded
+    let mut buffer = [0u8; PATH_ON_STACK];
+    let mut at = 0;
+    for segment in path {
+        let end = at + segment.len();
+        if let Some(slot) = buffer.get_mut(at..end) {
+            slot.copy_from_slice(segment.as_bytes());
+        }
+        // The NUL is already there.
+        at = end + 1;
+    }
+    read(buffer.get(..len).unwrap_or_default())
 }
 
 impl Host for Abi {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let encoded = encode_path(path);
-        let mut data = null_mut();
-        let mut size = 0;
-        // SAFETY: pointers to live locals; the returned block is handed to `owned` once.
-        unsafe {
-            match proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) {
-                OK => owned(data, size),
-                _ => None,
+        with_encoded_path(path, |encoded| {
+            let mut data = null_mut();
+            let mut size = 0;
+            // SAFETY: pointers to live locals; the returned block is handed to `owned` once.
+            unsafe {
+                match proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) {
+                    OK => owned(data, size),
+                    _ => None,
+                }
             }
-        }
+        })
     }
 
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
