@@ -9,7 +9,7 @@ use log::{error, warn};
 
 use super::bucket::{BucketState, Deferred};
 use super::scheduler::{Parked, Scheduler, TICK_MS};
-use crate::breaker::{self, Now, Record, Step, Transition, Updated};
+use crate::breaker::{self, Now, Record, Step, Transition};
 use crate::config::{RoutePolicy, Settings, OVERFLOW_BUCKET};
 use crate::fast_map::{FastMap, FastSet};
 use crate::fault::AbortPolicy;
@@ -346,37 +346,54 @@ impl<H: Host> Plugin<H> {
         // Read before the record, so a transition that lands in between moves the counter
         // past this value and the cached admission will not trust the (older) record.
         let opened_before = bucket.stats.opened.get(&self.host);
-        match breaker::update(&self.host, &key, decide) {
-            Ok(Updated {
-                step,
-                current,
-                was_corrupt,
-            }) => {
-                if was_corrupt {
-                    warn!("{key}: stored breaker state was unreadable; reset to closed");
-                    self.stats.state_reset.inc(&self.host);
-                }
-                if let Some(transition) = step.transition {
-                    self.report_transition(bucket, transition, &key);
-                }
-                if step.transition.is_some() || bucket.view.borrow().is_none() {
-                    bucket
-                        .stats
-                        .circuit_state
-                        .record(&self.host, current.state.gauge());
-                }
-                let closed = current.state == breaker::State::Closed && step.transition.is_none();
-                bucket
-                    .opened_as_of_view
-                    .set(if closed { opened_before } else { None });
-                *bucket.view.borrow_mut() = Some(current);
-                Ok(step)
-            }
-            Err(e) => {
-                self.store_failed(&key, e);
-                Err(e)
-            }
+        let result = breaker::update(&self.host, &key, decide).map(|updated| {
+            let transition = updated.step.transition;
+            self.updated(
+                bucket,
+                &key,
+                opened_before,
+                transition,
+                updated.current,
+                updated.was_corrupt,
+            );
+            updated.step
+        });
+        if let Err(e) = result {
+            self.store_failed(&key, e);
         }
+        result
+    }
+
+    /// [`Self::update`]'s bookkeeping after a write or a read, once for every `T` (a copy per
+    /// caller's step type would be the same code again in the module).
+    #[inline(never)]
+    fn updated(
+        &self,
+        bucket: &BucketState,
+        key: &str,
+        opened_before: Option<u64>,
+        transition: Option<Transition>,
+        current: Record,
+        was_corrupt: bool,
+    ) {
+        if was_corrupt {
+            warn!("{key}: stored breaker state was unreadable; reset to closed");
+            self.stats.state_reset.inc(&self.host);
+        }
+        if let Some(transition) = transition {
+            self.report_transition(bucket, transition, key);
+        }
+        if transition.is_some() || bucket.view.borrow().is_none() {
+            bucket
+                .stats
+                .circuit_state
+                .record(&self.host, current.state.gauge());
+        }
+        let closed = current.state == breaker::State::Closed && transition.is_none();
+        bucket
+            .opened_as_of_view
+            .set(if closed { opened_before } else { None });
+        *bucket.view.borrow_mut() = Some(current);
     }
 
     fn report_transition(&self, bucket: &BucketState, transition: Transition, key: &str) {
