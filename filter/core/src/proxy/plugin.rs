@@ -11,7 +11,7 @@ use super::bucket::{BucketState, Deferred};
 use super::scheduler::{Parked, Scheduler, TICK_MS};
 use crate::breaker::{self, Now, Record, Step, Transition};
 use crate::config::{RoutePolicy, Settings, OVERFLOW_BUCKET};
-use crate::fast_map::{FastMap, FastSet};
+use crate::fast_map::FastMap;
 use crate::fault::AbortPolicy;
 use crate::host::Host;
 use crate::routes::{named_by, resolve, NamedBy, Route};
@@ -56,9 +56,9 @@ pub struct Plugin<H: Host> {
     /// Buckets by upstream cluster name (cluster-named buckets).
     by_cluster: RefCell<FastMap<String, Cached>>,
     /// Names sent to the overflow bucket and warned about (bounded).
-    overflow_warned: RefCell<FastSet<String>>,
+    overflow_warned: RefCell<Vec<String>>,
     /// Stat names in use, by bucket: two buckets must not share one.
-    stat_names: RefCell<FastMap<String, String>>,
+    stat_names: RefCell<Vec<(String, String)>>,
     pub scheduler: Scheduler<ThenAbort>,
     /// The wall clock minus the monotonic clock, measured once: the wall time of a transition
     /// is only reported, so deriving it saves a host call per request.
@@ -88,8 +88,8 @@ impl<H: Host> Plugin<H> {
             buckets: RefCell::new(FastMap::default()),
             by_route: RefCell::new(FastMap::default()),
             by_cluster: RefCell::new(FastMap::default()),
-            overflow_warned: RefCell::new(FastSet::default()),
-            stat_names: RefCell::new(FastMap::default()),
+            overflow_warned: RefCell::new(Vec::new()),
+            stat_names: RefCell::new(Vec::new()),
             scheduler: Scheduler::default(),
             wall_offset_ms,
             last_housekeeping_ns: Cell::new(0),
@@ -176,7 +176,9 @@ impl<H: Host> Plugin<H> {
 
     fn overflow(&self, name: &str, reason: &str) -> Rc<BucketState> {
         let mut warned = self.overflow_warned.borrow_mut();
-        if warned.len() < MAX_CACHED_ROUTES && warned.insert(name.to_string()) {
+        let unwarned = warned.binary_search_by(|w| w.as_str().cmp(name)).err();
+        if let Some(at) = unwarned.filter(|_| warned.len() < MAX_CACHED_ROUTES) {
+            warned.insert(at, name.to_string());
             warn!("bucket {name:?} shares the overflow bucket: {reason}");
             self.stats.buckets_overflow.inc(&self.host);
         }
@@ -198,9 +200,17 @@ impl<H: Host> Plugin<H> {
         if let Err(e) = breaker::ensure(&self.host, &route.key) {
             self.store_failed(&route.key, e);
         }
-        self.stat_names
-            .borrow_mut()
-            .insert(route.stat_name.clone(), route.bucket.clone());
+        {
+            let mut stat_names = self.stat_names.borrow_mut();
+            match find_stat_name(&stat_names, &route.stat_name) {
+                Ok(i) => {
+                    if let Some(entry) = stat_names.get_mut(i) {
+                        entry.1 = route.bucket.clone();
+                    }
+                }
+                Err(i) => stat_names.insert(i, (route.stat_name.clone(), route.bucket.clone())),
+            }
+        }
         let scope = RouteStats::scope(&self.settings.stat_prefix, &route.stat_name);
         let stats = RouteStats::define(&self.host, &scope);
         let name = route.bucket.clone();
@@ -232,9 +242,11 @@ impl<H: Host> Plugin<H> {
 
     /// The bucket already using `route`'s stat name, if it is another one.
     fn stat_name_taken(&self, route: &Route) -> Option<String> {
-        self.stat_names
-            .borrow()
-            .get(&route.stat_name)
+        let stat_names = self.stat_names.borrow();
+        let i = find_stat_name(&stat_names, &route.stat_name).ok()?;
+        stat_names
+            .get(i)
+            .map(|(_, bucket)| bucket)
             .filter(|bucket| **bucket != route.bucket)
             .cloned()
     }
@@ -461,7 +473,9 @@ impl<H: Host> Plugin<H> {
             let mut stat_names = self.stat_names.borrow_mut();
             for name in &forgotten {
                 if let Some(bucket) = buckets.remove(name) {
-                    stat_names.remove(&bucket.route.borrow().stat_name);
+                    if let Ok(i) = find_stat_name(&stat_names, &bucket.route.borrow().stat_name) {
+                        stat_names.remove(i);
+                    }
                 }
             }
             // Cached resolutions point at the forgotten buckets: resolve afresh.
@@ -606,4 +620,12 @@ fn cache(
     if map.len() < MAX_CACHED_ROUTES || map.contains_key(name) {
         map.insert(name.to_string(), Cached { bucket, epoch });
     }
+}
+
+/// Where `stat_name` is (or would go) in the plugin's stat names, sorted by stat name, each with
+/// the bucket using it. A sorted Vec rather than a hash map: it changes only when a bucket is
+/// made or forgotten, and a map of this type would be one more copy of the hash table's code in
+/// the module.
+fn find_stat_name(names: &[(String, String)], stat_name: &str) -> Result<usize, usize> {
+    names.binary_search_by(|(known, _)| known.as_str().cmp(stat_name))
 }
