@@ -53,7 +53,10 @@ pub fn unknown_field(path: &str, allowed: &[&str]) -> ConfigError {
     } else {
         err(
             path,
-            format!("unknown field, expected one of: {}", allowed.join(", ")),
+            format!(
+                "unknown field, expected one of: {}",
+                crate::join(allowed, ", ")
+            ),
         )
     }
 }

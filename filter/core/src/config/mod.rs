@@ -806,7 +806,10 @@ fn set_variable<S: Section>(
             .collect();
         err(
             name,
-            format!("unknown variable, expected one of: {}", names.join(", ")),
+            format!(
+                "unknown variable, expected one of: {}",
+                crate::join(&names, ", ")
+            ),
         )
     };
     if !fields.contains(&field) {
