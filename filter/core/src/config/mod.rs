@@ -16,7 +16,7 @@ mod fault;
 mod json;
 mod presets;
 pub mod retry;
-mod section;
+pub(crate) mod section;
 
 use std::fmt;
 
@@ -66,11 +66,12 @@ pub struct RoutePolicy {
 impl RoutePolicy {
     /// The resolved policy as configuration would write it (reports, round trips).
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "circuit_breaker": self.circuit_breaker.to_json(),
-            "retry": retry::to_json(&self.retry),
-            "failure_injection": fault::to_json(&self.failure_injection),
-        })
+        let mut map = serde_json::Map::new();
+        section::insert_field(&mut map, "circuit_breaker", self.circuit_breaker.to_json());
+        section::insert_field(&mut map, "retry", retry::to_json(&self.retry));
+        let faults = fault::to_json(&self.failure_injection);
+        section::insert_field(&mut map, "failure_injection", faults);
+        Value::Object(map)
     }
 
     /// Checks what only the resolved policy can show (values from different layers together);
