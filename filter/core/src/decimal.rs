@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn random_forms_agree_with_str_parse() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0xDEC1_0A1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x0DEC_10A1);
         let digit = |rng: &mut rand::rngs::StdRng| char::from(b'0' + rng.gen_range(0..10u8));
         for _ in 0..200_000 {
             let whole_max = [3, 20, 40, 330][rng.gen_range(0..4)];
@@ -305,7 +305,7 @@ mod tests {
     /// adjacent values, and the decimals just below and above them.
     #[test]
     fn halfway_points_agree_with_str_parse() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0xDEC1_0A2);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x0DEC_10A2);
         for i in 0..20_000 {
             let x = match i % 4 {
                 0 => f64::from_bits(rng.gen_range(0..0x7FF0_0000_0000_0000u64)),
