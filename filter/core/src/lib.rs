@@ -34,20 +34,3 @@ pub mod store;
 
 /// Nanoseconds per second, for the conversions that deadlines need.
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
-
-/// `items` joined by `sep`, as `[S]::join` writes them: one allocation of the exact length.
-/// Not `join` itself: its generic copy loop is ~1.3 KB of module per item type, this a few
-/// hundred bytes.
-#[inline(never)]
-pub fn join<S: AsRef<str>>(items: &[S], sep: &str) -> String {
-    let len = items.iter().map(|s| s.as_ref().len()).sum::<usize>()
-        + sep.len() * items.len().saturating_sub(1);
-    let mut out = String::with_capacity(len);
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push_str(sep);
-        }
-        out.push_str(item.as_ref());
-    }
-    out
-}

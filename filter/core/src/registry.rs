@@ -44,7 +44,7 @@ impl Codec for Registry {
             .iter()
             .map(|e| format!("{}\t{}", e.name, e.seen_ns))
             .collect();
-        crate::join(&lines, "\n").into_bytes()
+        lines.join("\n").into_bytes()
     }
 
     /// Total: any bytes are a list (lossy UTF-8, empty lines skipped, an unreadable stamp is

@@ -53,10 +53,7 @@ pub fn unknown_field(path: &str, allowed: &[&str]) -> ConfigError {
     } else {
         err(
             path,
-            format!(
-                "unknown field, expected one of: {}",
-                crate::join(allowed, ", ")
-            ),
+            format!("unknown field, expected one of: {}", allowed.join(", ")),
         )
     }
 }

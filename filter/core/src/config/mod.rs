@@ -807,10 +807,7 @@ fn set_variable<S: Section>(
             .collect();
         err(
             name,
-            format!(
-                "unknown variable, expected one of: {}",
-                crate::join(&names, ", ")
-            ),
+            format!("unknown variable, expected one of: {}", names.join(", ")),
         )
     };
     if !fields.contains(&field) {

@@ -108,10 +108,10 @@ impl RetryPolicy {
             .filter(|c| !(covered && *c == "retriable-status-codes"))
             .collect();
         if !retry_on.is_empty() {
-            headers.push((RETRY_ON_HEADER, crate::join(&retry_on, ",")));
+            headers.push((RETRY_ON_HEADER, retry_on.join(",")));
         }
         if !self.grpc_retry_on.is_empty() {
-            headers.push((RETRY_GRPC_ON_HEADER, crate::join(&self.grpc_retry_on, ",")));
+            headers.push((RETRY_GRPC_ON_HEADER, self.grpc_retry_on.join(",")));
         }
         if !self.retriable_status_codes.is_empty() && !covered {
             let codes: Vec<String> = self
@@ -119,7 +119,7 @@ impl RetryPolicy {
                 .iter()
                 .map(u16::to_string)
                 .collect();
-            headers.push((RETRIABLE_STATUS_CODES_HEADER, crate::join(&codes, ",")));
+            headers.push((RETRIABLE_STATUS_CODES_HEADER, codes.join(",")));
         }
         if self.per_try_timeout > 0 {
             let ms = self.per_try_timeout.div_ceil(1_000_000).max(1);
@@ -250,7 +250,7 @@ fn conditions(
             .ok_or_else(|| {
                 expected(
                     &item_path,
-                    &format!("{item_what} (one of: {})", crate::join(allowed, ", ")),
+                    &format!("{item_what} (one of: {})", allowed.join(", ")),
                     item,
                 )
             })?;
