@@ -194,7 +194,7 @@ pub fn route_metadata(data: &[u8]) -> Checked {
                     format!("resolve and with_metadata disagree on {route} with {value}")
                 })?,
                 (Err(_), Some(_)) => {
-                    let fallback = settings.routes.get(*route).unwrap_or(&settings.defaults);
+                    let fallback = settings.routes.get(route).unwrap_or(&settings.defaults);
                     ensure(resolved.route.policy == *fallback, || {
                         format!("invalid metadata {value} on {route} did not fall back")
                     })?

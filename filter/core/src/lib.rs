@@ -14,6 +14,7 @@
 pub mod breaker;
 pub mod classify;
 pub mod config;
+pub mod decimal;
 pub mod duration;
 pub mod fast_map;
 pub mod fault;

@@ -63,6 +63,17 @@ pub fn update_value<S: SharedStore + ?Sized, R: Codec>(
     key: &str,
     mut decide: impl FnMut(&R) -> Option<R>,
 ) -> Result<(R, bool), UpdateError> {
+    update_with(store, key, &mut decide)
+}
+
+/// [`update_value`]'s loop, once per store and value type rather than once per closure (every
+/// caller's closure would otherwise get its own copy of it in the module).
+#[inline(never)]
+fn update_with<S: SharedStore + ?Sized, R: Codec>(
+    store: &S,
+    key: &str,
+    decide: &mut dyn FnMut(&R) -> Option<R>,
+) -> Result<(R, bool), UpdateError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (current, cas, was_corrupt) = load_value::<S, R>(store, key)?;
         let Some(next) = decide(&current) else {

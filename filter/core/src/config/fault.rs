@@ -216,12 +216,13 @@ fn redacted(token: &Option<String>) -> Value {
 }
 
 fn method_rates_json(rates: &MethodRates) -> Value {
-    let rates: Map<String, Value> = rates
-        .entries()
-        .into_iter()
-        .map(|(k, r)| (k, Value::from(r)))
-        .collect();
-    Value::Object(rates)
+    // Inserted one by one rather than collected: `collect` into the map sorts (a stable sort's
+    // code in the module); insertion keeps the last of equal keys as well.
+    let mut map = Map::new();
+    for (key, rate) in rates.entries() {
+        map.insert(key, Value::from(rate));
+    }
+    Value::Object(map)
 }
 
 fn method_rates(value: &Value, path: &str) -> Result<MethodRates, ConfigError> {

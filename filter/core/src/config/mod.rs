@@ -16,9 +16,8 @@ mod fault;
 mod json;
 mod presets;
 pub mod retry;
-mod section;
+pub(crate) mod section;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -67,11 +66,12 @@ pub struct RoutePolicy {
 impl RoutePolicy {
     /// The resolved policy as configuration would write it (reports, round trips).
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "circuit_breaker": self.circuit_breaker.to_json(),
-            "retry": retry::to_json(&self.retry),
-            "failure_injection": fault::to_json(&self.failure_injection),
-        })
+        let mut map = serde_json::Map::new();
+        section::insert_field(&mut map, "circuit_breaker", self.circuit_breaker.to_json());
+        section::insert_field(&mut map, "retry", retry::to_json(&self.retry));
+        let faults = fault::to_json(&self.failure_injection);
+        section::insert_field(&mut map, "failure_injection", faults);
+        Value::Object(map)
     }
 
     /// Checks what only the resolved policy can show (values from different layers together);
@@ -196,6 +196,91 @@ impl RoutePatch {
     }
 }
 
+/// The routes named in the plugin JSON, by Envoy route name: a Vec sorted by name (one
+/// binary search per lookup), not a `BTreeMap`, whose code for this key and value type would be
+/// a second copy of serde_json's map in the module.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteTable {
+    entries: Vec<(String, RoutePolicy)>,
+}
+
+impl RouteTable {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|(known, _)| known.as_str().cmp(name))
+    }
+
+    /// Adds or replaces the route `name`.
+    pub fn insert(&mut self, name: String, policy: RoutePolicy) {
+        match self.find(&name) {
+            Ok(i) => {
+                if let Some(entry) = self.entries.get_mut(i) {
+                    entry.1 = policy;
+                }
+            }
+            Err(i) => self.entries.insert(i, (name, policy)),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&RoutePolicy> {
+        let i = self.find(name).ok()?;
+        self.entries.get(i).map(|(_, policy)| policy)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// The route names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.entries.iter().map(|(name, _)| name)
+    }
+
+    /// The routes with their policies, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &RoutePolicy)> {
+        self.entries.iter().map(|(name, policy)| (name, policy))
+    }
+
+    /// The policies, sorted by route name.
+    pub fn values(&self) -> impl Iterator<Item = &RoutePolicy> {
+        self.entries.iter().map(|(_, policy)| policy)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a RouteTable {
+    type Item = (&'a String, &'a RoutePolicy);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, RoutePolicy)>,
+        fn(&'a (String, RoutePolicy)) -> (&'a String, &'a RoutePolicy),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(name, policy)| (name, policy))
+    }
+}
+
+/// `routes["users"]`: the route's policy; panics when there is none (tests only: the filter
+/// uses [`RouteTable::get`]).
+impl std::ops::Index<&str> for RouteTable {
+    type Output = RoutePolicy;
+
+    #[allow(clippy::panic)]
+    fn index(&self, name: &str) -> &RoutePolicy {
+        match self.get(name) {
+            Some(policy) => policy,
+            None => panic!("no route {name:?}"),
+        }
+    }
+}
+
 /// The validated plugin configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -204,7 +289,7 @@ pub struct Settings {
     /// Top-level policy: the `default` bucket, and the base of every route.
     pub defaults: RoutePolicy,
     /// Routes named in the plugin JSON, by Envoy route name, fully resolved.
-    pub routes: BTreeMap<String, RoutePolicy>,
+    pub routes: RouteTable,
     /// `MARTY_FAILURE_INJECTION`: switches injection on (or off) on every route, whatever the
     /// layers below say.
     pub injection_switch: Option<bool>,
@@ -446,20 +531,25 @@ impl Settings {
         let injection_switch = env.injection_switch;
         defaults.validate("")?;
 
-        let mut routes = BTreeMap::new();
+        let mut routes = RouteTable::default();
         if let Some(value) = map.get("routes") {
-            let mut stat_names: BTreeMap<String, String> = BTreeMap::new();
+            // Stat names taken so far, sorted, each with the route name that took it.
+            let mut stat_names: Vec<(String, String)> = Vec::new();
             for (name, entry) in object(value, "routes")? {
                 let path = format!("routes.{name}");
                 check_route_name(name, &path)?;
-                if let Some(other) = stat_names.insert(stat_name(name), name.clone()) {
-                    return Err(err(
-                        &path,
-                        format!(
-                            "route names \"{other}\" and \"{name}\" map to the same stat name \"{}\"",
-                            stat_name(name)
-                        ),
-                    ));
+                let stat = stat_name(name);
+                match stat_names.binary_search_by(|(taken, _)| taken.as_str().cmp(&stat)) {
+                    Ok(i) => {
+                        let other = stat_names.get(i).map_or("", |(_, other)| other.as_str());
+                        return Err(err(
+                            &path,
+                            format!(
+                                "route names \"{other}\" and \"{name}\" map to the same stat name \"{stat}\""
+                            ),
+                        ));
+                    }
+                    Err(i) => stat_names.insert(i, (stat, name.clone())),
                 }
                 let mut policy = defaults.clone();
                 RoutePatch::parse(entry, &path)?.apply(&mut policy);

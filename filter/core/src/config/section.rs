@@ -58,11 +58,21 @@ pub trait Section: Default {
 
     /// Reads every field of the object `value` (a section, or an object nested in one).
     fn set_object(&mut self, value: &Value, path: &str) -> Result<(), ConfigError> {
-        for (field, v) in object(value, path)? {
-            self.set(field, v, &join(path, field))?;
-        }
-        Ok(())
+        set_fields(value, path, &mut |field, v, p| self.set(field, v, p))
     }
+}
+
+/// [`Section::set_object`]'s loop, once for all sections rather than once per section.
+#[inline(never)]
+fn set_fields(
+    value: &Value,
+    path: &str,
+    set: &mut dyn FnMut(&str, &Value, &str) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    for (field, v) in object(value, path)? {
+        set(field, v, &join(path, field))?;
+    }
+    Ok(())
 }
 
 /// Declares a configuration section; see the module documentation for the row syntax.

@@ -135,13 +135,7 @@ pub fn parse(value: &[u8]) -> Result<Spec, Invalid> {
 /// `0`, `1`, `0.25`, `1.0`: digits with at most one dot between digits; no sign, exponent or
 /// blank. The one number syntax of rates, in headers and in configuration.
 pub fn decimal(text: &str) -> Option<f64> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if digits(whole) && digits(fraction) {
-        text.parse().ok()
-    } else {
-        None
-    }
+    crate::decimal::parse(text)
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), Invalid> {

@@ -58,17 +58,21 @@ impl MethodRates {
     pub fn new(entries: impl IntoIterator<Item = (String, f64)>) -> Self {
         let mut rates = Self::default();
         for (key, rate) in entries {
-            if let Some(prefix) = key.strip_suffix('*') {
-                rates.prefixes.push((prefix.to_string(), rate, key.clone()));
+            let prefix = if let Some(prefix) = key.strip_suffix('*') {
+                prefix.to_string()
             } else if key.ends_with('/') {
-                rates.prefixes.push((key.clone(), rate, key));
+                key.clone()
             } else {
                 rates.exact.push((key, rate));
-            }
+                continue;
+            };
+            // Kept in order as it grows (longest first, then by name; equal prefixes in the
+            // order given): what a stable sort gave, without its code in the module.
+            let at = rates.prefixes.partition_point(|(p, _, _)| {
+                p.len() > prefix.len() || (p.len() == prefix.len() && *p <= prefix)
+            });
+            rates.prefixes.insert(at, (prefix, rate, key));
         }
-        rates
-            .prefixes
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         rates
     }
 

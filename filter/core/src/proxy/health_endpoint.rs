@@ -32,16 +32,21 @@ pub fn answer<H: Host>(plugin: &Plugin<H>, endpoint: Endpoint) {
     // The buckets the configuration has: its `routes`, and every bucket some worker has used
     // within `bucket_idle_timeout` (older ones are being forgotten).
     let idle = plugin.settings.bucket_idle_timeout;
-    let mut names: Vec<String> = registry::registered(host, prefix)
+    let registered = registry::registered(host, prefix)
         .into_iter()
         .filter(|e| now.mono_ns.saturating_sub(e.seen_ns) < idle)
-        .map(|e| e.name)
-        .collect();
-    names.extend(plugin.settings.routes.keys().cloned());
-    names.extend(plugin.bucket_names());
-    // Sorted and unique, as the report lists them (a Vec: no BTreeSet code in the module).
-    names.sort_unstable();
-    names.dedup();
+        .map(|e| e.name);
+    // Sorted and unique, as the report lists them: each name inserted in its place (a Vec and
+    // a binary search: no BTreeSet or sort code in the module).
+    let mut names: Vec<String> = Vec::new();
+    for name in registered
+        .chain(plugin.settings.routes.keys().cloned())
+        .chain(plugin.bucket_names())
+    {
+        if let Err(at) = names.binary_search(&name) {
+            names.insert(at, name);
+        }
+    }
     let rows: Vec<_> = names
         .into_iter()
         .map(|name| {

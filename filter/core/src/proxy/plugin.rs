@@ -9,9 +9,9 @@ use log::{error, warn};
 
 use super::bucket::{BucketState, Deferred};
 use super::scheduler::{Parked, Scheduler, TICK_MS};
-use crate::breaker::{self, Now, Record, Step, Transition, Updated};
+use crate::breaker::{self, Now, Record, Step, Transition};
 use crate::config::{RoutePolicy, Settings, OVERFLOW_BUCKET};
-use crate::fast_map::{FastMap, FastSet};
+use crate::fast_map::FastMap;
 use crate::fault::AbortPolicy;
 use crate::host::Host;
 use crate::routes::{named_by, resolve, NamedBy, Route};
@@ -56,9 +56,9 @@ pub struct Plugin<H: Host> {
     /// Buckets by upstream cluster name (cluster-named buckets).
     by_cluster: RefCell<FastMap<String, Cached>>,
     /// Names sent to the overflow bucket and warned about (bounded).
-    overflow_warned: RefCell<FastSet<String>>,
+    overflow_warned: RefCell<Vec<String>>,
     /// Stat names in use, by bucket: two buckets must not share one.
-    stat_names: RefCell<FastMap<String, String>>,
+    stat_names: RefCell<Vec<(String, String)>>,
     pub scheduler: Scheduler<ThenAbort>,
     /// The wall clock minus the monotonic clock, measured once: the wall time of a transition
     /// is only reported, so deriving it saves a host call per request.
@@ -88,8 +88,8 @@ impl<H: Host> Plugin<H> {
             buckets: RefCell::new(FastMap::default()),
             by_route: RefCell::new(FastMap::default()),
             by_cluster: RefCell::new(FastMap::default()),
-            overflow_warned: RefCell::new(FastSet::default()),
-            stat_names: RefCell::new(FastMap::default()),
+            overflow_warned: RefCell::new(Vec::new()),
+            stat_names: RefCell::new(Vec::new()),
             scheduler: Scheduler::default(),
             wall_offset_ms,
             last_housekeeping_ns: Cell::new(0),
@@ -176,7 +176,9 @@ impl<H: Host> Plugin<H> {
 
     fn overflow(&self, name: &str, reason: &str) -> Rc<BucketState> {
         let mut warned = self.overflow_warned.borrow_mut();
-        if warned.len() < MAX_CACHED_ROUTES && warned.insert(name.to_string()) {
+        let unwarned = warned.binary_search_by(|w| w.as_str().cmp(name)).err();
+        if let Some(at) = unwarned.filter(|_| warned.len() < MAX_CACHED_ROUTES) {
+            warned.insert(at, name.to_string());
             warn!("bucket {name:?} shares the overflow bucket: {reason}");
             self.stats.buckets_overflow.inc(&self.host);
         }
@@ -198,9 +200,17 @@ impl<H: Host> Plugin<H> {
         if let Err(e) = breaker::ensure(&self.host, &route.key) {
             self.store_failed(&route.key, e);
         }
-        self.stat_names
-            .borrow_mut()
-            .insert(route.stat_name.clone(), route.bucket.clone());
+        {
+            let mut stat_names = self.stat_names.borrow_mut();
+            match find_stat_name(&stat_names, &route.stat_name) {
+                Ok(i) => {
+                    if let Some(entry) = stat_names.get_mut(i) {
+                        entry.1 = route.bucket.clone();
+                    }
+                }
+                Err(i) => stat_names.insert(i, (route.stat_name.clone(), route.bucket.clone())),
+            }
+        }
         let scope = RouteStats::scope(&self.settings.stat_prefix, &route.stat_name);
         let stats = RouteStats::define(&self.host, &scope);
         let name = route.bucket.clone();
@@ -232,9 +242,11 @@ impl<H: Host> Plugin<H> {
 
     /// The bucket already using `route`'s stat name, if it is another one.
     fn stat_name_taken(&self, route: &Route) -> Option<String> {
-        self.stat_names
-            .borrow()
-            .get(&route.stat_name)
+        let stat_names = self.stat_names.borrow();
+        let i = find_stat_name(&stat_names, &route.stat_name).ok()?;
+        stat_names
+            .get(i)
+            .map(|(_, bucket)| bucket)
             .filter(|bucket| **bucket != route.bucket)
             .cloned()
     }
@@ -346,37 +358,54 @@ impl<H: Host> Plugin<H> {
         // Read before the record, so a transition that lands in between moves the counter
         // past this value and the cached admission will not trust the (older) record.
         let opened_before = bucket.stats.opened.get(&self.host);
-        match breaker::update(&self.host, &key, decide) {
-            Ok(Updated {
-                step,
-                current,
-                was_corrupt,
-            }) => {
-                if was_corrupt {
-                    warn!("{key}: stored breaker state was unreadable; reset to closed");
-                    self.stats.state_reset.inc(&self.host);
-                }
-                if let Some(transition) = step.transition {
-                    self.report_transition(bucket, transition, &key);
-                }
-                if step.transition.is_some() || bucket.view.borrow().is_none() {
-                    bucket
-                        .stats
-                        .circuit_state
-                        .record(&self.host, current.state.gauge());
-                }
-                let closed = current.state == breaker::State::Closed && step.transition.is_none();
-                bucket
-                    .opened_as_of_view
-                    .set(if closed { opened_before } else { None });
-                *bucket.view.borrow_mut() = Some(current);
-                Ok(step)
-            }
-            Err(e) => {
-                self.store_failed(&key, e);
-                Err(e)
-            }
+        let result = breaker::update(&self.host, &key, decide).map(|updated| {
+            let transition = updated.step.transition;
+            self.updated(
+                bucket,
+                &key,
+                opened_before,
+                transition,
+                updated.current,
+                updated.was_corrupt,
+            );
+            updated.step
+        });
+        if let Err(e) = result {
+            self.store_failed(&key, e);
         }
+        result
+    }
+
+    /// [`Self::update`]'s bookkeeping after a write or a read, once for every `T` (a copy per
+    /// caller's step type would be the same code again in the module).
+    #[inline(never)]
+    fn updated(
+        &self,
+        bucket: &BucketState,
+        key: &str,
+        opened_before: Option<u64>,
+        transition: Option<Transition>,
+        current: Record,
+        was_corrupt: bool,
+    ) {
+        if was_corrupt {
+            warn!("{key}: stored breaker state was unreadable; reset to closed");
+            self.stats.state_reset.inc(&self.host);
+        }
+        if let Some(transition) = transition {
+            self.report_transition(bucket, transition, key);
+        }
+        if transition.is_some() || bucket.view.borrow().is_none() {
+            bucket
+                .stats
+                .circuit_state
+                .record(&self.host, current.state.gauge());
+        }
+        let closed = current.state == breaker::State::Closed && transition.is_none();
+        bucket
+            .opened_as_of_view
+            .set(if closed { opened_before } else { None });
+        *bucket.view.borrow_mut() = Some(current);
     }
 
     fn report_transition(&self, bucket: &BucketState, transition: Transition, key: &str) {
@@ -445,7 +474,9 @@ impl<H: Host> Plugin<H> {
             for name in &forgotten {
                 if let Some(bucket) = buckets.remove(name) {
                     bucket.retire(&self.host);
-                    stat_names.remove(&bucket.route.borrow().stat_name);
+                    if let Ok(i) = find_stat_name(&stat_names, &bucket.route.borrow().stat_name) {
+                        stat_names.remove(i);
+                    }
                 }
             }
             // Cached resolutions point at the forgotten buckets: resolve afresh.
@@ -598,4 +629,12 @@ fn cache(
     if map.len() < MAX_CACHED_ROUTES || map.contains_key(name) {
         map.insert(name.to_string(), Cached { bucket, epoch });
     }
+}
+
+/// Where `stat_name` is (or would go) in the plugin's stat names, sorted by stat name, each with
+/// the bucket using it. A sorted Vec rather than a hash map: it changes only when a bucket is
+/// made or forgotten, and a map of this type would be one more copy of the hash table's code in
+/// the module.
+fn find_stat_name(names: &[(String, String)], stat_name: &str) -> Result<usize, usize> {
+    names.binary_search_by(|(known, _)| known.as_str().cmp(stat_name))
 }
