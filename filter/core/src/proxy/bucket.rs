@@ -6,6 +6,8 @@ use std::rc::Rc;
 
 use crate::breaker::{self, Record, State, Ticket};
 use crate::host::Host;
+use crate::lease;
+use crate::proxy::take_slot;
 use crate::retry::budget;
 use crate::routes::Route;
 use crate::stats::{RouteStats, Stat};
@@ -32,6 +34,20 @@ pub struct BucketState {
     /// (see [`Deferred`]).
     deferred_requests: Cell<u64>,
     deferred_success: Cell<u64>,
+    /// Slots of `active_requests` / `active_faults` this VM holds in the bucket: counted here
+    /// next to every gauge move (no host call), published by the tick in this VM's lease so
+    /// that the slots come back if the VM dies ([`crate::lease`]).
+    held_requests: Cell<u32>,
+    held_faults: Cell<u32>,
+}
+
+/// A gauge slot a request can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// `active_requests` (`max_concurrent_requests`).
+    Request,
+    /// `active_faults` (`max_active_faults`).
+    Fault,
 }
 
 /// The per-request counters of the healthy path. Every request and nearly every response
@@ -58,6 +74,8 @@ impl BucketState {
             opened_as_of_view: Cell::new(None),
             deferred_requests: Cell::new(0),
             deferred_success: Cell::new(0),
+            held_requests: Cell::new(0),
+            held_faults: Cell::new(0),
         }
     }
 
@@ -109,6 +127,40 @@ impl BucketState {
                 stat.add(host, i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
+    }
+
+    fn slot(&self, slot: Slot) -> (Stat, &Cell<u32>) {
+        match slot {
+            Slot::Request => (self.stats.active_requests, &self.held_requests),
+            Slot::Fault => (self.stats.active_faults, &self.held_faults),
+        }
+    }
+
+    /// Takes a slot of the gauge's cap (`cap == 0`: no cap); see [`take_slot`].
+    pub fn take_slot<H: Host>(&self, host: &H, slot: Slot, cap: u32) -> bool {
+        let (gauge, held) = self.slot(slot);
+        let taken = take_slot(host, gauge, cap);
+        if taken {
+            held.set(held.get().saturating_add(1));
+        }
+        taken
+    }
+
+    /// Gives back a slot taken with [`Self::take_slot`].
+    pub fn give_back<H: Host>(&self, host: &H, slot: Slot) {
+        let (gauge, held) = self.slot(slot);
+        gauge.add(host, -1);
+        held.set(held.get().saturating_sub(1));
+    }
+
+    /// The slots this VM holds in the bucket, for its lease (`None`: none).
+    pub fn held(&self) -> Option<lease::BucketSlots> {
+        let (requests, faults) = (self.held_requests.get(), self.held_faults.get());
+        (requests > 0 || faults > 0).then(|| lease::BucketSlots {
+            stat_name: self.route.borrow().stat_name.clone(),
+            requests,
+            faults,
+        })
     }
 
     /// Admission from this VM's view when no worker can have opened the breaker since: one

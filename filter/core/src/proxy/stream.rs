@@ -11,10 +11,10 @@ use std::rc::Rc;
 
 use log::debug;
 
-use super::bucket::{BucketState, Deferred};
+use super::bucket::{BucketState, Deferred, Slot};
 use super::plugin::ThenAbort;
 use super::reply::{self, Rejection};
-use super::{health_endpoint, take_slot, Action, Plugin};
+use super::{health_endpoint, Action, Plugin};
 use crate::breaker::{self, Decision, Outcome, State, Ticket};
 use crate::classify::{
     classify, from_upstream, needs_flags, needs_origin, probe_settled_at_headers, Response,
@@ -139,7 +139,7 @@ impl<H: Host> Stream<H> {
             Action::Pause => {
                 // Rejected before its delay began: the fault never happened.
                 if std::mem::take(&mut self.fault_active) {
-                    bucket.stats.active_faults.add(self.host(), -1);
+                    bucket.give_back(self.host(), Slot::Fault);
                 }
                 Action::Pause
             }
@@ -184,11 +184,7 @@ impl<H: Host> Stream<H> {
         match decision {
             Decision::Allow(ticket) => {
                 self.ticket = Some(ticket);
-                if !take_slot(
-                    self.host(),
-                    bucket.stats.active_requests,
-                    policy.max_concurrent_requests,
-                ) {
+                if !bucket.take_slot(self.host(), Slot::Request, policy.max_concurrent_requests) {
                     // A probe's lease is given back at once.
                     self.release(Outcome::Ignored);
                     bucket.count(self.host(), bucket.stats.concurrency_rejected, 1);
@@ -233,7 +229,7 @@ impl<H: Host> Stream<H> {
             return;
         };
         if std::mem::take(&mut self.active) {
-            bucket.stats.active_requests.add(self.host(), -1);
+            bucket.give_back(self.host(), Slot::Request);
         }
         let Some(ticket) = self.ticket.take() else {
             return;
@@ -278,7 +274,7 @@ impl<H: Host> Stream<H> {
             return;
         };
         if std::mem::take(&mut self.fault_active) {
-            bucket.stats.active_faults.add(self.host(), -1);
+            bucket.give_back(self.host(), Slot::Fault);
         }
         if self.ticket.is_none() {
             self.release(Outcome::Ignored);
