@@ -134,6 +134,16 @@ impl FailurePolicy {
     }
 }
 
+/// The test build of the module (`./scripts/build` makes it): `$MARTY_TEST_TRAP_WASM`, else
+/// `<workspace>/target/wasm32-wasip1/release/marty_resilience_test_trap.wasm`.
+pub fn test_trap_wasm_path() -> PathBuf {
+    std::env::var_os("MARTY_TEST_TRAP_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/wasm32-wasip1/release/marty_resilience_test_trap.wasm")
+        })
+}
+
 #[derive(Clone, Debug)]
 pub struct EnvoyConfig {
     pub concurrency: u32,
@@ -213,6 +223,14 @@ impl EnvoyConfig {
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure_policy = policy;
         self
+    }
+
+    /// Loads the test build of the module, which a request can make trap
+    /// (`x-marty-test-trap: now|tick`, see filter/wasm/src/test_trap.rs), with `FAIL_RELOAD`,
+    /// so that a fresh VM replaces the trapped one.
+    pub fn test_trap(self) -> Self {
+        self.wasm_path(test_trap_wasm_path())
+            .failure_policy(FailurePolicy::FailReload)
     }
 
     /// The module Envoy will load; panics with what to do when it is not built.

@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{answer, stat, wait_state, GRPC_PATH, WAIT};
+use common::{answer, lds_bootstrap, listener, stat, wait_state, write_lds, GRPC_PATH, WAIT};
 use marty_integration::bootstrap_edit::{
     free_port, set_admin_port, use_remote_code, wasm_plugin_config, AccessLog,
 };
@@ -484,39 +484,6 @@ fn a_log_call_envoy_refuses_does_not_trap_the_vm() {
 }
 
 // (d) A configuration update the filter rejects.
-
-/// The harness bootstrap with its listener moved to LDS served from a file in `dir`; returns
-/// the path to rewrite for updates.
-fn lds_bootstrap(config: &EnvoyConfig, dir: &std::path::Path) -> (Value, std::path::PathBuf) {
-    let mut bootstrap = config.bootstrap();
-    let listeners = bootstrap["static_resources"]
-        .as_object_mut()
-        .expect("static_resources")
-        .remove("listeners")
-        .expect("listeners");
-    let lds = dir.join("lds.json");
-    write_lds(&lds, &listeners[0]);
-    bootstrap["node"] = json!({"id": "marty-test", "cluster": "marty-test"});
-    bootstrap["dynamic_resources"] = json!({"lds_config": {
-        "resource_api_version": "V3",
-        "path_config_source": {"path": lds, "watched_directory": {"path": dir}},
-    }});
-    (bootstrap, lds)
-}
-
-/// Replaces the LDS file atomically (Envoy watches the directory for the move).
-fn write_lds(path: &std::path::Path, listener: &Value) {
-    let mut listener = listener.clone();
-    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json!({"resources": [listener]}).to_string()).expect("write lds");
-    std::fs::rename(&tmp, path).expect("move lds into place");
-}
-
-/// The harness listener for `config`.
-fn listener(config: &EnvoyConfig) -> Value {
-    config.bootstrap()["static_resources"]["listeners"][0].clone()
-}
 
 #[test]
 fn a_configuration_update_the_filter_rejects_is_refused_and_the_old_one_keeps_serving() {

@@ -1,13 +1,17 @@
 //! Reliability against a real Envoy: held requests released on time under load, outcomes that
-//! are not the upstream's, configurations whose stats Envoy drops, counters counted once, and
-//! the log level followed at run time.
+//! are not the upstream's, configurations whose stats Envoy drops, counters counted once, the
+//! log level followed at run time, and the caps' slots given back whatever ends a request
+//! (the router's own replies, resets, a reload, a VM that traps).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{answer, stat, value, wait_state, WAIT};
-use marty_integration::{http1, Envoy, EnvoyConfig, RawClient, RouteSpec, Upstream};
+use marty_integration::envoy::test_trap_wasm_path;
+use marty_integration::{
+    http1, http1_abort_after_headers, Envoy, EnvoyConfig, RawClient, RouteSpec, Upstream,
+};
 use serde_json::{json, Value};
 
 fn hcm(bootstrap: &mut Value) -> &mut Value {
@@ -321,5 +325,221 @@ fn slots_come_back_after_the_router_s_own_replies() {
             3,
             "{route}: upstream failures"
         );
+    }
+}
+
+/// Polls `done` until it holds (every 50 ms, for at most [`WAIT`]).
+#[track_caller]
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `held` caps requests at 4 and faults at 2; the header trigger may delay up to 60 s.
+fn capped(service: &str) -> Value {
+    json!({
+        "service_name": service,
+        "failure_injection": {"enabled": true, "base_failure_rate": 0,
+                              "header_trigger": {"enabled": true}, "max_active_faults": 2,
+                              "delay": {"max": "60s"}},
+        "routes": {"held": {"circuit_breaker": {"max_concurrent_requests": 4,
+                                                "failure_threshold": 1000}}}
+    })
+}
+
+/// Starts 2 requests that wait `ms` at the upstream (key `key`) and 2 held `ms` by an injected
+/// delay, and waits until the filter counts them: `held` is then at its request cap and its
+/// fault cap.
+fn fill_the_caps(envoy: &Envoy, upstream: &Upstream, key: &str, ms: u64) -> Vec<RawClient> {
+    let (delay_ms, delay) = (ms.to_string(), format!("delay={ms}ms"));
+    let at_upstream = [
+        ("x-test-key", key),
+        ("x-upstream-delay-ms", delay_ms.as_str()),
+    ];
+    let held = [("x-test-key", key), ("x-failure-inject", delay.as_str())];
+    let mut clients: Vec<RawClient> = (0..2)
+        .map(|_| RawClient::send(envoy.port(), "GET", "/", &at_upstream))
+        .collect();
+    wait_until("2 requests at the upstream", || {
+        upstream.in_flight(key) == 2
+    });
+    clients.extend((0..2).map(|_| RawClient::send(envoy.port(), "GET", "/", &held)));
+    envoy.wait_for_stat(&stat("held", "active_faults"), |v| v == 2, WAIT);
+    envoy.wait_for_stat(&stat("held", "active_requests"), |v| v == 4, WAIT);
+    clients
+}
+
+/// The whole request cap of `held` is usable, and no more: 4 requests reach the upstream, a
+/// 5th is turned away by the bulkhead. Leaves nothing in flight.
+fn assert_the_cap_is_whole(envoy: &Envoy, upstream: &Upstream, key: &str) {
+    let wait = [("x-test-key", key), ("x-upstream-delay-ms", "60000")];
+    let clients: Vec<RawClient> = (0..4)
+        .map(|_| RawClient::send(envoy.port(), "GET", "/", &wait))
+        .collect();
+    wait_until("the whole cap at the upstream", || {
+        upstream.in_flight(key) == 4
+    });
+    let over = http1(envoy.port(), "GET", "/", &[("x-test-key", key)]).unwrap();
+    assert_eq!(over.status, 503, "{over:?}");
+    assert_eq!(over.header("x-marty-bulkhead"), Some("full"));
+    for client in clients {
+        client.close();
+    }
+    envoy.wait_for_stat(&stat("held", "active_requests"), |v| v == 0, WAIT);
+}
+
+#[test]
+fn a_trapped_vm_s_slots_come_back_and_the_caps_are_whole_again() {
+    // A VM traps with requests at the upstream and requests held by a delay: it never gives
+    // their slots back, and the gauges outlive it. Its lease does: the fresh VM that
+    // FAIL_RELOAD starts claims it once it is stale and gives the slots back. One worker, so
+    // the only VM that can do it is the trapped one's successor.
+    let upstream = Upstream::start();
+    let config = EnvoyConfig::new(upstream.port())
+        .concurrency(1)
+        .test_trap()
+        .plugin_config(capped("trap").to_string())
+        .routes(vec![RouteSpec::new("held", "/")]);
+    let envoy = Envoy::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    let stuck = fill_the_caps(&envoy, &upstream, "before", 60_000);
+
+    // The VM traps at its next tick, right after publishing its lease.
+    let armed = http1(
+        envoy.port(),
+        "GET",
+        "/",
+        &[("x-test-key", "trap"), ("x-marty-test-trap", "tick")],
+    )
+    .unwrap();
+    assert_eq!(armed.status, 200, "{armed:?}");
+    envoy.wait_for_log(
+        "proxy_on_tick failed: Uncaught RuntimeError: unreachable",
+        WAIT,
+    );
+    wait_until(
+        "a fresh VM admits a request (the trapped one's slots given back)",
+        || {
+            http1(envoy.port(), "GET", "/", &[("x-test-key", "after")])
+                .is_ok_and(|r| r.status == 200)
+        },
+    );
+    envoy.wait_for_stat(&stat("held", "active_requests"), |v| v == 0, WAIT);
+    envoy.wait_for_stat(&stat("held", "active_faults"), |v| v == 0, WAIT);
+    envoy.wait_for_stat(
+        "wasmcustom.marty_resilience.counters_unflushed",
+        |v| v == 0,
+        WAIT,
+    );
+    assert_the_cap_is_whole(&envoy, &upstream, "cap");
+    // The fault cap too: 2 delays are injected, a 3rd is not.
+    let held: Vec<RawClient> = (0..2)
+        .map(|_| {
+            RawClient::send(
+                envoy.port(),
+                "GET",
+                "/",
+                &[("x-test-key", "f"), ("x-failure-inject", "delay=60s")],
+            )
+        })
+        .collect();
+    envoy.wait_for_stat(&stat("held", "active_faults"), |v| v == 2, WAIT);
+    let third = http1(
+        envoy.port(),
+        "GET",
+        "/",
+        &[("x-test-key", "f"), ("x-failure-inject", "delay=60s")],
+    )
+    .unwrap();
+    assert_eq!(third.status, 200, "not delayed: {third:?}");
+    assert_eq!(value(&envoy, "held", "faults_overflow_total"), 1);
+    for client in held.into_iter().chain(stuck) {
+        client.close();
+    }
+}
+
+#[test]
+fn slots_come_back_after_resets_while_the_request_is_at_the_upstream() {
+    // The upstream (HTTP/2) resets the stream, and a client goes away while its request waits
+    // at the upstream: either way the stream ends without a response, and its slot comes back.
+    let upstream = Upstream::start();
+    let config = EnvoyConfig::new(upstream.port())
+        .upstream_http2(true)
+        .plugin_config(capped("resets").to_string())
+        .routes(vec![RouteSpec::new("held", "/")]);
+    let envoy = Envoy::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..5 {
+        let r = http1(
+            envoy.port(),
+            "GET",
+            "/",
+            &[("x-test-key", "reset"), ("x-upstream-reset", "1")],
+        )
+        .unwrap();
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.header("x-marty-bulkhead"), None, "the cap stays whole");
+    }
+    envoy.wait_for_stat(&stat("held", "active_requests"), |v| v == 0, WAIT);
+    for i in 0..5 {
+        let key = format!("gone{i}");
+        http1_abort_after_headers(
+            envoy.port(),
+            "/",
+            &[("x-test-key", &key), ("x-upstream-delay-ms", "60000")],
+            || {
+                wait_until("the request at the upstream", || {
+                    upstream.in_flight(&key) == 1
+                })
+            },
+        );
+    }
+    envoy.wait_for_stat(&stat("held", "active_requests"), |v| v == 0, WAIT);
+    assert_the_cap_is_whole(&envoy, &upstream, "cap");
+}
+
+#[test]
+fn slots_held_across_a_reload_and_a_code_update_come_back() {
+    // Requests at the upstream and held by a delay when the listener is updated: first the
+    // plugin configuration (the same VM gets a second plugin), then the code (another module,
+    // so a new VM). The requests finish under the plugin that admitted them, which gives their
+    // slots back; the caps are whole under the new one.
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(capped("v1").to_string())
+        .routes(vec![RouteSpec::new("held", "/")]);
+    let (bootstrap, lds) = common::lds_bootstrap(&config, dir.path());
+    let envoy = Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"));
+    let updates = [
+        ("v2", config.clone().plugin_config(capped("v2").to_string())),
+        (
+            "v3",
+            config
+                .clone()
+                .plugin_config(capped("v3").to_string())
+                .wasm_path(test_trap_wasm_path()),
+        ),
+    ];
+    for (n, (service, update)) in updates.iter().enumerate() {
+        let key = format!("in-flight-{service}");
+        let clients = fill_the_caps(&envoy, &upstream, &key, 3000);
+        common::write_lds(&lds, &common::listener(update));
+        let accepted = i64::try_from(n).unwrap() + 2;
+        envoy.wait_for_stat(
+            "listener_manager.lds.update_success",
+            |v| v == accepted,
+            WAIT,
+        );
+        envoy.wait_for_log(&format!("configured: service \"{service}\""), WAIT);
+        for mut client in clients {
+            let status = client.status_line(WAIT).unwrap();
+            assert!(status.contains(" 200"), "{service}: {status}");
+            client.close();
+        }
+        envoy.wait_for_stat(&stat("held", "active_requests"), |v| v == 0, WAIT);
+        envoy.wait_for_stat(&stat("held", "active_faults"), |v| v == 0, WAIT);
+        assert_the_cap_is_whole(&envoy, &upstream, &format!("cap-{service}"));
     }
 }

@@ -13,11 +13,12 @@ use serde_json::{json, Map, Value};
 use crate::breaker::{self, Decision, Now, Outcome, Record, State, Transition};
 use crate::config::{Environment, RoutePolicy, Settings};
 use crate::fault::header::{self, Spec, MAX_VALUE_LEN};
+use crate::lease::{self, Holdings, Leases, MAX_LEASES};
 use crate::pbstruct;
 use crate::registry::{self, MAX_REGISTERED};
 use crate::retry::budget;
 use crate::routes;
-use crate::store::MemoryStore;
+use crate::store::{Codec, MemoryStore};
 
 /// What a fuzz body reports: `Err` names the broken invariant and what showed it.
 pub type Checked = Result<(), String>;
@@ -33,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("breaker_record", breaker_record),
     ("budget_record", budget_record),
     ("route_registry", route_registry),
+    ("lease_record", lease_record),
 ];
 
 fn ensure(ok: bool, what: impl FnOnce() -> String) -> Checked {
@@ -428,4 +430,59 @@ pub fn route_registry(data: &[u8]) -> Checked {
     ensure(left.iter().all(|n| *n == name), || {
         format!("expiry kept {left:?}, only {name:?} was to stay")
     })
+}
+
+// ------------------------------------------------------------------ leases
+
+/// A stored leases record (after an 8-byte clock): what decodes re-encodes to the same bytes,
+/// and a renewal over any stored bytes (a VM with no lease publishing one slot, then one with
+/// a lease taken from the record) keeps the record within [`MAX_LEASES`], claims only live
+/// leases that were stale, and leaves a record that decodes.
+pub fn lease_record(data: &[u8]) -> Checked {
+    const KEY: &str = "fuzz/v1/leases";
+    let (now_ns, bytes) = take_u64(data);
+    let stored = Leases::decode(bytes);
+    if let Some(leases) = &stored {
+        ensure(leases.encode() == bytes, || {
+            format!("{leases:?} decoded from {bytes:?} encodes differently")
+        })?;
+    }
+    let store = MemoryStore::new();
+    store.put_raw(KEY, bytes);
+    let holdings = Holdings {
+        unflushed: 1,
+        buckets: Vec::new(),
+    };
+    let own = stored.as_ref().and_then(|l| l.leases.first()).map(|l| l.id);
+    for own in [None, own] {
+        let renewal = lease::renew(&store, KEY, own, &holdings, true, now_ns)
+            .map_err(|e| format!("renewal failed in memory: {e:?}"))?;
+        let (after, _, corrupt) = crate::store::load_value::<_, Leases>(&store, KEY)
+            .map_err(|e| format!("reading back failed: {e:?}"))?;
+        ensure(!corrupt, || {
+            "the renewal left a record that does not decode".into()
+        })?;
+        ensure(after.leases.len() <= MAX_LEASES, || {
+            format!("{} leases after renewal", after.leases.len())
+        })?;
+        let live_before = stored
+            .as_ref()
+            .map_or(0, |l| l.leases.iter().filter(|l| !l.claimed).count());
+        ensure(renewal.reclaimed.len() <= live_before, || {
+            format!(
+                "{} reclaimed of {live_before} live",
+                renewal.reclaimed.len()
+            )
+        })?;
+        if let Some(id) = renewal.id {
+            ensure(
+                after
+                    .leases
+                    .iter()
+                    .any(|l| l.id == id && !l.claimed && l.holdings == holdings),
+                || format!("lease {id} not in {after:?}"),
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! constant.
 
 use crate::breaker::RECORD_VERSION as BREAKER_VERSION;
+use crate::lease::RECORD_VERSION as LEASE_VERSION;
 use crate::registry::RECORD_VERSION as REGISTRY_VERSION;
 use crate::retry::budget::RECORD_VERSION as BUDGET_VERSION;
 
@@ -21,4 +22,9 @@ pub fn budget(prefix: &str, bucket: &str) -> String {
 /// The list of every bucket any worker of the instance has created (health reports them all).
 pub fn registry(prefix: &str) -> String {
     format!("{prefix}/v{REGISTRY_VERSION}/routes")
+}
+
+/// The leases of every VM holding slots of the instance's gauges ([`crate::lease`]).
+pub fn leases(prefix: &str) -> String {
+    format!("{prefix}/v{LEASE_VERSION}/leases")
 }

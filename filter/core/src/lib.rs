@@ -24,6 +24,7 @@ pub mod health;
 pub mod host;
 pub mod keys;
 mod le;
+pub mod lease;
 pub mod pbstruct;
 pub mod proxy;
 pub mod registry;

@@ -9,7 +9,8 @@
 //!
 //! Counters are per-worker increments of one shared Envoy stat, so they add up exactly.
 //! `active_requests` / `active_faults` are gauges moved +1/-1 from every worker, which makes
-//! them the cross-worker in-flight counts that the caps read. `circuit_state` is recorded from
+//! them the cross-worker in-flight counts that the caps read; the -1s of a VM that traps are
+//! made by another VM through its lease ([`crate::lease`]). `circuit_state` is recorded from
 //! the shared breaker record by whichever worker last saw it change, and re-recorded on ticks.
 
 use crate::host::{Host, MetricKind};

@@ -126,6 +126,10 @@ pub extern "C" fn proxy_on_request_headers(
     _num_headers: usize,
     _end_of_stream: bool,
 ) -> u32 {
+    #[cfg(feature = "test-trap")]
+    if crate::test_trap::on_request_headers() {
+        return CONTINUE;
+    }
     with_stream(context_id, |s| action(s.on_request_headers())).unwrap_or(CONTINUE)
 }
 

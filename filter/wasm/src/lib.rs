@@ -10,6 +10,8 @@
 mod abi;
 mod exports;
 mod logger;
+#[cfg(feature = "test-trap")]
+mod test_trap;
 
 use std::ffi::OsString;
 use std::rc::Rc;
@@ -92,6 +94,8 @@ impl Root {
         if let Some(plugin) = &self.plugin {
             if plugin.tick() {
                 logger::refresh_level();
+                #[cfg(feature = "test-trap")]
+                test_trap::after_housekeeping();
             }
         }
     }

@@ -96,3 +96,40 @@ pub fn with_upstream_placement(
     ]);
     bootstrap
 }
+
+/// The harness bootstrap with its listener moved to LDS served from a file in `dir`; returns
+/// the path to rewrite for updates.
+pub fn lds_bootstrap(config: &EnvoyConfig, dir: &std::path::Path) -> (Value, std::path::PathBuf) {
+    let mut bootstrap = config.bootstrap();
+    let listeners = bootstrap["static_resources"]
+        .as_object_mut()
+        .expect("static_resources")
+        .remove("listeners")
+        .expect("listeners");
+    let lds = dir.join("lds.json");
+    write_lds(&lds, &listeners[0]);
+    bootstrap["node"] = serde_json::json!({"id": "marty-test", "cluster": "marty-test"});
+    bootstrap["dynamic_resources"] = serde_json::json!({"lds_config": {
+        "resource_api_version": "V3",
+        "path_config_source": {"path": lds, "watched_directory": {"path": dir}},
+    }});
+    (bootstrap, lds)
+}
+
+/// Replaces the LDS file atomically (Envoy watches the directory for the move).
+pub fn write_lds(path: &std::path::Path, listener: &Value) {
+    let mut listener = listener.clone();
+    listener["@type"] = serde_json::json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::json!({"resources": [listener]}).to_string(),
+    )
+    .expect("write lds");
+    std::fs::rename(&tmp, path).expect("move lds into place");
+}
+
+/// The harness listener for `config`.
+pub fn listener(config: &EnvoyConfig) -> Value {
+    config.bootstrap()["static_resources"]["listeners"][0].clone()
+}

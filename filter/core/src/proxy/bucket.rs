@@ -6,6 +6,8 @@ use std::rc::Rc;
 
 use crate::breaker::{self, Record, State, Ticket};
 use crate::host::Host;
+use crate::lease;
+use crate::proxy::take_slot;
 use crate::retry::budget;
 use crate::routes::Route;
 use crate::stats::{RouteStats, Stat};
@@ -32,16 +34,21 @@ pub struct BucketState {
     /// (see [`Deferred`]).
     deferred_requests: Cell<u64>,
     deferred_success: Cell<u64>,
-    /// Uncapped `active_requests` moves not yet in the Envoy gauge (see [`Slot::Deferred`]).
+    /// Uncapped `active_requests` moves not yet in the Envoy gauge (see [`InFlight::Deferred`]).
     deferred_active: Cell<i64>,
     /// The VM forgot the bucket (aged out) while streams may still hold it: their moves then
     /// go to Envoy at once, since no flush will look at this bucket again.
     retired: Cell<bool>,
+    /// Slots of `active_requests` / `active_faults` this VM holds in the bucket: counted here
+    /// next to every gauge move (no host call), published by the tick in this VM's lease so
+    /// that the slots come back if the VM dies ([`crate::lease`]).
+    held_requests: Cell<u32>,
+    held_faults: Cell<u32>,
 }
 
 /// How a request holds its `active_requests` slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
+pub enum InFlight {
     /// No slot.
     None,
     /// Moved on the Envoy gauge as it happened: the route has a `max_concurrent_requests` cap,
@@ -51,6 +58,15 @@ pub enum Slot {
     /// reads the gauge on the request path, and two gauge moves per request (~1k instructions
     /// each) are saved. The gauge is then at most one tick behind.
     Deferred,
+}
+
+/// A gauge slot a request can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// `active_requests` (`max_concurrent_requests`).
+    Request,
+    /// `active_faults` (`max_active_faults`).
+    Fault,
 }
 
 /// The per-request counters of the healthy path. Every request and nearly every response
@@ -79,6 +95,8 @@ impl BucketState {
             deferred_success: Cell::new(0),
             deferred_active: Cell::new(0),
             retired: Cell::new(false),
+            held_requests: Cell::new(0),
+            held_faults: Cell::new(0),
         }
     }
 
@@ -117,6 +135,7 @@ impl BucketState {
     pub fn move_active_deferred<H: Host>(&self, host: &H, delta: i64) -> bool {
         if self.retired.get() {
             self.stats.active_requests.add(host, delta);
+            self.held_moved(delta);
             return false;
         }
         self.deferred_active
@@ -153,7 +172,50 @@ impl BucketState {
         let active = self.deferred_active.replace(0);
         if active != 0 {
             self.stats.active_requests.add(host, active);
+            self.held_moved(active);
         }
+    }
+
+    fn slot(&self, slot: Slot) -> (Stat, &Cell<u32>) {
+        match slot {
+            Slot::Request => (self.stats.active_requests, &self.held_requests),
+            Slot::Fault => (self.stats.active_faults, &self.held_faults),
+        }
+    }
+
+    /// Takes a slot of the gauge's cap (`cap == 0`: no cap); see [`take_slot`].
+    pub fn take_slot<H: Host>(&self, host: &H, slot: Slot, cap: u32) -> bool {
+        let (gauge, held) = self.slot(slot);
+        let taken = take_slot(host, gauge, cap);
+        if taken {
+            held.set(held.get().saturating_add(1));
+        }
+        taken
+    }
+
+    /// What this VM holds of `active_requests` after it moved the gauge by `delta` for
+    /// uncapped slots (their lease follows the gauge, not the requests).
+    fn held_moved(&self, delta: i64) {
+        let held = i64::from(self.held_requests.get()).saturating_add(delta);
+        self.held_requests
+            .set(u32::try_from(held.max(0)).unwrap_or(u32::MAX));
+    }
+
+    /// Gives back a slot taken with [`Self::take_slot`].
+    pub fn give_back<H: Host>(&self, host: &H, slot: Slot) {
+        let (gauge, held) = self.slot(slot);
+        gauge.add(host, -1);
+        held.set(held.get().saturating_sub(1));
+    }
+
+    /// The slots this VM holds in the bucket, for its lease (`None`: none).
+    pub fn held(&self) -> Option<lease::BucketSlots> {
+        let (requests, faults) = (self.held_requests.get(), self.held_faults.get());
+        (requests > 0 || faults > 0).then(|| lease::BucketSlots {
+            stat_name: self.route.borrow().stat_name.clone(),
+            requests,
+            faults,
+        })
     }
 
     /// Admission from this VM's view when no worker can have opened the breaker since: one

@@ -35,9 +35,14 @@ pub enum Action {
 /// requests, the one whose increment came last sees every other, so the cap is never exceeded
 /// (it may refuse a request it could have let through, never the reverse). `cap == 0`: no cap.
 /// On `false` the increment is already undone.
+///
+/// A reading above `i64::MAX` is a gauge that went below 0 (Envoy's gauges are unsigned and
+/// wrap): a lease reclaim raced a live -1 ([`crate::lease`]). It holds fewer slots than the
+/// cap, so it is within it.
 pub fn take_slot<H: crate::host::Host>(host: &H, gauge: crate::stats::Stat, cap: u32) -> bool {
     gauge.add(host, 1);
-    if cap > 0 && gauge.get(host).unwrap_or(0) > u64::from(cap) {
+    let taken = gauge.get(host).unwrap_or(0);
+    if cap > 0 && taken > u64::from(cap) && i64::try_from(taken).is_ok() {
         gauge.add(host, -1);
         return false;
     }

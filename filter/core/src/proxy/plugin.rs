@@ -17,7 +17,7 @@ use crate::host::Host;
 use crate::routes::{named_by, resolve, NamedBy, Route};
 use crate::stats::{PluginStats, RouteStats};
 use crate::store::UpdateError;
-use crate::{keys, pbstruct, registry, retry::budget, NANOS_PER_SEC};
+use crate::{keys, lease, pbstruct, registry, retry::budget, NANOS_PER_SEC};
 
 /// How long a resolved route is trusted before its metadata is read again, so an RDS update
 /// of the route's `marty.resilience` entry takes effect without reloading the plugin.
@@ -67,8 +67,14 @@ pub struct Plugin<H: Host> {
     route_epoch: Cell<u64>,
     route_epoch_started_ns: Cell<u64>,
     last_stamp_ns: Cell<u64>,
-    /// Some bucket holds deferred counts (this VM then counts one in `counters_unflushed`).
+    /// Some bucket holds deferred counts.
     counts_pending: Cell<bool>,
+    /// This VM holds a +1 on `counters_unflushed` (see [`Self::flush_counts`]).
+    unflushed_held: Cell<bool>,
+    /// This VM's lease on its slots, what it last published in it and when.
+    lease_id: Cell<Option<u32>>,
+    published: RefCell<lease::Holdings>,
+    published_ns: Cell<u64>,
 }
 
 impl<H: Host> Plugin<H> {
@@ -97,6 +103,10 @@ impl<H: Host> Plugin<H> {
             route_epoch_started_ns: Cell::new(0),
             last_stamp_ns: Cell::new(0),
             counts_pending: Cell::new(false),
+            unflushed_held: Cell::new(false),
+            lease_id: Cell::new(None),
+            published: RefCell::new(lease::Holdings::default()),
+            published_ns: Cell::new(0),
         };
         let configured: Vec<Route> = plugin
             .settings
@@ -454,7 +464,8 @@ impl<H: Host> Plugin<H> {
         let mut used = Vec::new();
         let mut forgotten = Vec::new();
         for (name, bucket) in self.buckets.borrow().iter() {
-            if bucket.used.replace(false) {
+            // A bucket this VM holds slots in is in use, however long ago its request came.
+            if bucket.used.replace(false) || bucket.held().is_some() {
                 bucket.last_used_ns.set(now.mono_ns);
                 used.push(name.clone());
             } else if now.mono_ns.saturating_sub(bucket.last_used_ns.get()) >= idle
@@ -520,10 +531,13 @@ impl<H: Host> Plugin<H> {
     }
 
     /// Counts a request or a success of `bucket` toward the Envoy counter at the next flush.
-    /// The first count after a flush also moves `counters_unflushed` (+1 for this VM), so
+    /// The first count after a quiet tick also moves `counters_unflushed` (+1 for this VM), so
     /// whoever reads the counters can tell when every worker's counts are in.
     pub fn count_later(&self, bucket: &BucketState, counter: Deferred) {
-        if bucket.count_deferred(counter) && !self.counts_pending.replace(true) {
+        if bucket.count_deferred(counter)
+            && !self.counts_pending.replace(true)
+            && !self.unflushed_held.replace(true)
+        {
             self.stats.counters_unflushed.add(&self.host, 1);
         }
     }
@@ -531,21 +545,27 @@ impl<H: Host> Plugin<H> {
     /// Takes an uncapped `active_requests` slot (`delta` +1) or gives it back (-1), deferred
     /// like the counts: pending until the next flush.
     pub fn move_active_later(&self, bucket: &BucketState, delta: i64) {
-        if bucket.move_active_deferred(&self.host, delta) && !self.counts_pending.replace(true) {
+        if bucket.move_active_deferred(&self.host, delta)
+            && !self.counts_pending.replace(true)
+            && !self.unflushed_held.replace(true)
+        {
             self.stats.counters_unflushed.add(&self.host, 1);
         }
     }
 
     /// Adds every bucket's deferred counts to the Envoy counters (from the tick, and when the
-    /// plugin goes away).
+    /// plugin goes away). This VM's +1 on `counters_unflushed` is kept until a tick finds
+    /// nothing to add: under steady traffic the gauge does not move at every tick, and the
+    /// lease the tick publishes next holds it, so a VM that traps before its next tick does
+    /// not leave it up for good.
     pub fn flush_counts(&self) {
-        if !self.counts_pending.replace(false) {
-            return;
+        if self.counts_pending.replace(false) {
+            for bucket in self.buckets.borrow().values() {
+                bucket.flush_deferred(&self.host);
+            }
+        } else if self.unflushed_held.replace(false) {
+            self.stats.counters_unflushed.add(&self.host, -1);
         }
-        for bucket in self.buckets.borrow().values() {
-            bucket.flush_deferred(&self.host);
-        }
-        self.stats.counters_unflushed.add(&self.host, -1);
     }
 
     /// The root's tick: held requests that are due, then (every [`TICK_MS`]) housekeeping on
@@ -608,14 +628,97 @@ impl<H: Host> Plugin<H> {
                 }
             }
         }
+        self.renew_lease(now.mono_ns);
         true
+    }
+
+    /// What this VM holds on the gauges now.
+    fn holdings(&self) -> lease::Holdings {
+        lease::Holdings {
+            unflushed: u32::from(self.unflushed_held.get()),
+            buckets: self
+                .buckets
+                .borrow()
+                .values()
+                .filter_map(|b| b.held())
+                .collect(),
+        }
+    }
+
+    /// Publishes this VM's holdings in its lease and gives back the slots of VMs whose
+    /// leases went stale ([`lease::renew`]); from the tick, and when the plugin goes away.
+    fn renew_lease(&self, now_ns: u64) {
+        let holdings = self.holdings();
+        let own = self.lease_id.get();
+        let changed = own.is_none() || holdings != *self.published.borrow();
+        let key = keys::leases(&self.settings.stat_prefix);
+        let due = now_ns.saturating_sub(self.published_ns.get()) >= lease::HEARTBEAT_NS;
+        match lease::renew(&self.host, &key, own, &holdings, due, now_ns) {
+            Ok(renewal) => {
+                if renewal.was_claimed {
+                    // Another VM took this one for dead and gave back what it had published:
+                    // those slots are still held here.
+                    self.move_gauges(&self.published.borrow(), 1);
+                }
+                for dead in &renewal.reclaimed {
+                    self.move_gauges(dead, -1);
+                }
+                if renewal.was_corrupt {
+                    self.stats.state_reset.inc(&self.host);
+                }
+                if !renewal.reclaimed.is_empty() {
+                    warn!("{key}: slots of VMs that stopped ticking given back");
+                }
+                self.lease_id.set(renewal.id);
+                *self.published.borrow_mut() = if renewal.id.is_some() {
+                    holdings
+                } else {
+                    lease::Holdings::default()
+                };
+                if changed || due {
+                    // The lease's heartbeat, if it has one, is now.
+                    self.published_ns.set(now_ns);
+                }
+            }
+            Err(e) => self.store_failed(&key, e),
+        }
+    }
+
+    /// Adds `holdings` (`sign` 1) to the gauges or takes them off (`sign` -1). Taking off stops
+    /// at 0: a VM's last published holdings can be a tick older than its last moves.
+    fn move_gauges(&self, holdings: &lease::Holdings, sign: i64) {
+        let host = &self.host;
+        let apply = |gauge: crate::stats::Stat, n: u32| {
+            let mut n = i64::from(n);
+            if sign < 0 {
+                let now = gauge.get(host).and_then(|v| i64::try_from(v).ok());
+                n = n.min(now.unwrap_or(0));
+            }
+            if n > 0 {
+                gauge.add(host, sign * n);
+            }
+        };
+        apply(self.stats.counters_unflushed, holdings.unflushed);
+        for slots in &holdings.buckets {
+            // Defines the bucket's every stat (a claim is rare; the definitions are shared).
+            let scope = RouteStats::scope(&self.settings.stat_prefix, &slots.stat_name);
+            let stats = RouteStats::define(host, &scope);
+            apply(stats.active_requests, slots.requests);
+            apply(stats.active_faults, slots.faults);
+        }
     }
 }
 
 impl<H: Host> Drop for Plugin<H> {
-    /// A replaced configuration's last counts are not lost with it.
+    /// A replaced configuration's last counts are not lost with it, and its lease is
+    /// given up (its streams, which hold the plugin, are all gone: it holds no slot).
     fn drop(&mut self) {
         self.flush_counts();
+        // Nothing left to add.
+        self.flush_counts();
+        if self.lease_id.get().is_some() {
+            self.renew_lease(self.host.monotonic_ns());
+        }
     }
 }
 

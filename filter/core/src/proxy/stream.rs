@@ -11,10 +11,10 @@ use std::rc::Rc;
 
 use log::debug;
 
-use super::bucket::{BucketState, Deferred, Slot};
+use super::bucket::{BucketState, Deferred, InFlight, Slot};
 use super::plugin::ThenAbort;
 use super::reply::{self, Rejection};
-use super::{health_endpoint, take_slot, Action, Plugin};
+use super::{health_endpoint, Action, Plugin};
 use crate::breaker::{self, Decision, Outcome, State, Ticket};
 use crate::classify::{
     classify, from_upstream, needs_flags, needs_origin, probe_settled_at_headers, Response,
@@ -32,7 +32,7 @@ pub struct Stream<H: Host> {
     /// Present while the request counts toward the breaker.
     ticket: Option<Ticket>,
     /// How the request holds its slot of `active_requests`.
-    slot: Slot,
+    slot: InFlight,
     response: Response,
     /// The request holds a slot of `active_faults`.
     fault_active: bool,
@@ -52,7 +52,7 @@ impl<H: Host> Stream<H> {
             plugin,
             bucket: None,
             ticket: None,
-            slot: Slot::None,
+            slot: InFlight::None,
             response: Response::default(),
             fault_active: false,
             parked: false,
@@ -139,7 +139,7 @@ impl<H: Host> Stream<H> {
             Action::Pause => {
                 // Rejected before its delay began: the fault never happened.
                 if std::mem::take(&mut self.fault_active) {
-                    bucket.stats.active_faults.add(self.host(), -1);
+                    bucket.give_back(self.host(), Slot::Fault);
                 }
                 Action::Pause
             }
@@ -186,20 +186,16 @@ impl<H: Host> Stream<H> {
                 self.ticket = Some(ticket);
                 if policy.max_concurrent_requests == 0 {
                     self.plugin.move_active_later(bucket, 1);
-                    self.slot = Slot::Deferred;
+                    self.slot = InFlight::Deferred;
                     return Action::Continue;
                 }
-                if !take_slot(
-                    self.host(),
-                    bucket.stats.active_requests,
-                    policy.max_concurrent_requests,
-                ) {
+                if !bucket.take_slot(self.host(), Slot::Request, policy.max_concurrent_requests) {
                     // A probe's lease is given back at once.
                     self.release(Outcome::Ignored);
                     bucket.count(self.host(), bucket.stats.concurrency_rejected, 1);
                     return self.reject(bucket, Rejection::Concurrency, 0);
                 }
-                self.slot = Slot::Gauge;
+                self.slot = InFlight::Gauge;
                 Action::Continue
             }
             Decision::Reject {
@@ -237,10 +233,10 @@ impl<H: Host> Stream<H> {
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
-        match std::mem::replace(&mut self.slot, Slot::None) {
-            Slot::None => {}
-            Slot::Gauge => bucket.stats.active_requests.add(self.host(), -1),
-            Slot::Deferred => self.plugin.move_active_later(&bucket, -1),
+        match std::mem::replace(&mut self.slot, InFlight::None) {
+            InFlight::None => {}
+            InFlight::Gauge => bucket.give_back(self.host(), Slot::Request),
+            InFlight::Deferred => self.plugin.move_active_later(&bucket, -1),
         }
         let Some(ticket) = self.ticket.take() else {
             return;
@@ -285,7 +281,7 @@ impl<H: Host> Stream<H> {
             return;
         };
         if std::mem::take(&mut self.fault_active) {
-            bucket.stats.active_faults.add(self.host(), -1);
+            bucket.give_back(self.host(), Slot::Fault);
         }
         if self.ticket.is_none() {
             self.release(Outcome::Ignored);

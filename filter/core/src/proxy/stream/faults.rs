@@ -8,9 +8,9 @@ use super::Stream;
 use crate::fault::header::{self as trigger, Spec};
 use crate::fault::{self, Draws, Fault, FaultPolicy, Trigger, TOKEN_HEADER};
 use crate::host::{Host, Map};
-use crate::proxy::bucket::BucketState;
+use crate::proxy::bucket::{BucketState, Slot};
 use crate::proxy::plugin::{ThenAbort, NAMESPACE};
-use crate::proxy::{take_slot, Action};
+use crate::proxy::Action;
 
 impl<H: Host> Stream<H> {
     /// Counts a fault that is being applied and records it for access logs.
@@ -72,11 +72,7 @@ impl<H: Host> Stream<H> {
 
         // Counted only when a fault would have been injected; racing workers can only
         // under-inject (as for max_concurrent_requests).
-        if !take_slot(
-            self.host(),
-            bucket.stats.active_faults,
-            policy.max_active_faults,
-        ) {
+        if !bucket.take_slot(self.host(), Slot::Fault, policy.max_active_faults) {
             bucket.count(self.host(), bucket.stats.faults_overflow, 1);
             debug!("route {route}: fault not injected, max_active_faults reached");
             return None;
