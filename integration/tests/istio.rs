@@ -512,7 +512,8 @@ fn plugin_config_is_accepted_by_the_filter() {
     }
     // The token comes from the proxy's environment; without it the header trigger takes none.
     let trigger = |settings: &Settings| {
-        settings.routes["user-service.rest"].to_json()["failure_injection"]["header_trigger"]
+        settings.routes.get("user-service.rest").unwrap().to_json()["failure_injection"]
+            ["header_trigger"]
             .clone()
     };
     assert_eq!(trigger(&settings)["enabled"], true);

@@ -385,14 +385,19 @@ fn issue_example_resolves_as_described() -> Result<(), String> {
         settings.defaults.circuit_breaker.to_json(),
         Environment::Production.preset().circuit_breaker.to_json()
     );
-    let users = settings.routes["users"].circuit_breaker.to_json();
+    let users = settings
+        .routes
+        .get("users")
+        .unwrap()
+        .circuit_breaker
+        .to_json();
     assert_eq!(users["failure_threshold"], 3);
     assert_eq!(users["recovery_timeout"], 5.0);
     assert_eq!(users["failure_reset_timeout"], 60.0);
 
     // The issue's retry block, as written, on every route.
     let retry = &settings.defaults.retry;
-    assert_eq!(settings.routes["users"].retry, *retry);
+    assert_eq!(settings.routes.get("users").unwrap().retry, *retry);
     assert!(retry.enabled);
     assert_eq!(retry.max_retries(), 2);
     // `retriable-status-codes` [503] adds nothing to `5xx`: left out (one header write less).
@@ -436,8 +441,8 @@ fn retries_example_resolves_as_described() -> Result<(), String> {
     assert_eq!(cb.recovery_backoff.name(), "exponential");
     assert_eq!(cb.max_recovery_timeout, 300 * NANOS_PER_SEC);
 
-    assert!(!settings.routes["payments"].retry.enabled);
-    let search = &settings.routes["search"].retry;
+    assert!(!settings.routes.get("payments").unwrap().retry.enabled);
+    let search = &settings.routes.get("search").unwrap().retry;
     assert!(search.enabled);
     assert_eq!(search.max_attempts, 4);
     assert_eq!(search.retriable_status_codes, vec![503, 429]);
@@ -447,7 +452,7 @@ fn retries_example_resolves_as_described() -> Result<(), String> {
     // Budget fields are laid over one by one.
     assert_eq!(search.budget.ratio, 0.1);
     assert_eq!(search.budget.min_retries_per_second, 20);
-    let get = &settings.routes["inventory.v1/Get"].retry;
+    let get = &settings.routes.get("inventory.v1/Get").unwrap().retry;
     assert_eq!(get.grpc_retry_on, vec!["unavailable", "resource-exhausted"]);
     assert_eq!(get.per_try_timeout, 0);
     assert_eq!(get.retry_on, base.retry_on);
@@ -509,7 +514,7 @@ fn route_scoped_injection_example_resolves_as_described() -> Result<(), String> 
     assert_eq!(base.abort.http_status, 500);
     assert_eq!(base.max_active_faults, 20);
 
-    let users = &settings.routes["users"].failure_injection;
+    let users = &settings.routes.get("users").unwrap().failure_injection;
     assert!(users.enabled);
     assert_eq!(users.abort_rate("/users/42"), 0.1);
     assert_eq!(users.abort_rate("/users/health"), 0.0);
@@ -523,7 +528,11 @@ fn route_scoped_injection_example_resolves_as_described() -> Result<(), String> 
     assert_eq!(users.abort.grpc_status, 14);
     assert_eq!(users.max_active_faults, 20);
 
-    let reserve = &settings.routes["inventory.v1.Inventory/Reserve"].failure_injection;
+    let reserve = &settings
+        .routes
+        .get("inventory.v1.Inventory/Reserve")
+        .unwrap()
+        .failure_injection;
     assert!(reserve.enabled);
     assert_eq!(reserve.abort_rate("/inventory.v1.Inventory/Reserve"), 0.0);
     assert_eq!(
@@ -535,7 +544,7 @@ fn route_scoped_injection_example_resolves_as_described() -> Result<(), String> 
     assert_eq!(reserve.delay.rate, 0.25);
     assert_eq!(reserve.delay.max, 10 * NANOS_PER_SEC, "the default ceiling");
 
-    let checkout = &settings.routes["checkout"];
+    let checkout = &settings.routes.get("checkout").unwrap();
     assert_eq!(checkout.circuit_breaker.failure_threshold, 3);
     let checkout = &checkout.failure_injection;
     assert!(checkout.enabled);

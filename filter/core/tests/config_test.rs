@@ -195,8 +195,22 @@ fn environment_variables_override_the_top_level_json() {
         "JSON still applies where env is silent"
     );
     // Routes are built on the defaults, so they see the variable too.
-    assert_eq!(s.routes["orders"].circuit_breaker.failure_threshold, 6);
-    assert_eq!(s.routes["users"].circuit_breaker.failure_threshold, 6);
+    assert_eq!(
+        s.routes
+            .get("orders")
+            .unwrap()
+            .circuit_breaker
+            .failure_threshold,
+        6
+    );
+    assert_eq!(
+        s.routes
+            .get("users")
+            .unwrap()
+            .circuit_breaker
+            .failure_threshold,
+        6
+    );
 }
 
 #[test]
@@ -206,10 +220,31 @@ fn a_route_entry_overrides_environment_variables() {
         &[("MARTY_RESILIENCE_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "9")],
     );
     assert_eq!(s.defaults.circuit_breaker.recovery_timeout, 9 * S);
-    assert_eq!(s.routes["orders"].circuit_breaker.recovery_timeout, 9 * S);
-    assert_eq!(s.routes["users"].circuit_breaker.recovery_timeout, 7 * S);
+    assert_eq!(
+        s.routes
+            .get("orders")
+            .unwrap()
+            .circuit_breaker
+            .recovery_timeout,
+        9 * S
+    );
+    assert_eq!(
+        s.routes
+            .get("users")
+            .unwrap()
+            .circuit_breaker
+            .recovery_timeout,
+        7 * S
+    );
     // Field by field: the route's other fields come from below.
-    assert_eq!(s.routes["users"].circuit_breaker.failure_threshold, 4);
+    assert_eq!(
+        s.routes
+            .get("users")
+            .unwrap()
+            .circuit_breaker
+            .failure_threshold,
+        4
+    );
 }
 
 #[test]
@@ -311,7 +346,7 @@ fn every_field_can_be_set_at_every_layer() {
     assert_eq!(top_only.defaults.circuit_breaker, expect(2));
     let s = Settings::parse(config.as_bytes(), &env_vars).unwrap();
     assert_eq!(s.defaults.circuit_breaker, expect(3));
-    assert_eq!(s.routes["r"].circuit_breaker, expect(4));
+    assert_eq!(s.routes.get("r").unwrap().circuit_breaker, expect(4));
     let meta = json!({"circuit_breaker": layer(5)});
     assert_eq!(
         s.with_metadata("r", &meta).unwrap().circuit_breaker,
@@ -815,7 +850,10 @@ fn an_empty_retry_section_changes_nothing() {
             "routes": {"users": {"retry": {}, "failure_injection": {}}}}"#,
     );
     assert_eq!(s.defaults, Environment::Production.preset());
-    assert_eq!(s.routes["users"], Environment::Production.preset());
+    assert_eq!(
+        *s.routes.get("users").unwrap(),
+        Environment::Production.preset()
+    );
     // The section's own fields and errors: tests/retry_config_test.rs.
     assert_eq!(
         error(r#"{"routes": {"users": {"retry": {"attempts": 3}}}}"#),
@@ -927,9 +965,9 @@ fn stat_names_keep_only_safe_characters() {
 fn configured_routes_are_resolved_in_full() {
     let s = parse(LAYERED);
     assert_eq!(s.routes.len(), 2);
-    assert_eq!(s.routes["orders"], s.defaults);
+    assert_eq!(*s.routes.get("orders").unwrap(), s.defaults);
     assert_eq!(
-        s.routes["users"].circuit_breaker,
+        s.routes.get("users").unwrap().circuit_breaker,
         BreakerPolicy {
             recovery_timeout: 7 * S,
             ..s.defaults.circuit_breaker.clone()
@@ -1526,9 +1564,9 @@ fn failure_injection_layers_merge_nested_objects_field_by_field() {
     assert_eq!(top.delay.rate, 0.5);
     assert_eq!(top.delay.duration, 250 * MS, "the default still applies");
     assert_eq!(top.abort_rate("/a"), 0.9);
-    assert_eq!(s.routes["orders"].failure_injection, *top);
+    assert_eq!(s.routes.get("orders").unwrap().failure_injection, *top);
 
-    let users = &s.routes["users"].failure_injection;
+    let users = &s.routes.get("users").unwrap().failure_injection;
     assert_eq!(
         users.abort,
         AbortPolicy {
@@ -1775,15 +1813,26 @@ fn marty_failure_injection_enabled_switches_injection_on_over_every_layer() {
     }"#;
     let s = parse_env(config, &[("MARTY_FAILURE_INJECTION", "enabled")]);
     assert_eq!(s.injection_switch, Some(true));
-    for policy in [&s.defaults, &s.routes["off"], &s.routes["plain"]] {
+    for policy in [
+        &s.defaults,
+        s.routes.get("off").unwrap(),
+        s.routes.get("plain").unwrap(),
+    ] {
         let f = &policy.failure_injection;
         assert!(f.enabled && f.enabled_by_env, "{f:?}");
     }
     // The rest of the section still comes from the layers.
     assert_eq!(s.defaults.failure_injection.base_failure_rate, 0.1);
-    assert_eq!(s.routes["off"].failure_injection.base_failure_rate, 0.4);
+    assert_eq!(
+        s.routes
+            .get("off")
+            .unwrap()
+            .failure_injection
+            .base_failure_rate,
+        0.4
+    );
     // A route its configuration enables reports its faults as configured ones.
-    let on = &s.routes["on"].failure_injection;
+    let on = &s.routes.get("on").unwrap().failure_injection;
     assert!(on.enabled && !on.enabled_by_env);
 
     // Route metadata cannot switch it off either, on configured and unconfigured routes.
@@ -1812,7 +1861,7 @@ fn marty_failure_injection_disabled_switches_injection_off_over_every_layer() {
     let meta = json!({"failure_injection": {"enabled": true}});
     let policies = [
         s.defaults.failure_injection.clone(),
-        s.routes["on"].failure_injection.clone(),
+        s.routes.get("on").unwrap().failure_injection.clone(),
         s.with_metadata("on", &meta).unwrap().failure_injection,
         s.with_metadata("search", &meta).unwrap().failure_injection,
     ];
@@ -1871,9 +1920,23 @@ fn marty_failure_injection_rate_is_the_plugin_level_base_rate() {
     }"#;
     let s = parse_env(config, &[("MARTY_FAILURE_INJECTION_RATE", "0.1")]);
     assert_eq!(s.defaults.failure_injection.base_failure_rate, 0.1);
-    assert_eq!(s.routes["orders"].failure_injection.base_failure_rate, 0.1);
+    assert_eq!(
+        s.routes
+            .get("orders")
+            .unwrap()
+            .failure_injection
+            .base_failure_rate,
+        0.1
+    );
     // Route entries and route metadata still override it.
-    assert_eq!(s.routes["users"].failure_injection.base_failure_rate, 0.5);
+    assert_eq!(
+        s.routes
+            .get("users")
+            .unwrap()
+            .failure_injection
+            .base_failure_rate,
+        0.5
+    );
     let meta = json!({"failure_injection": {"base_failure_rate": 0.7}});
     assert_eq!(
         s.with_metadata("orders", &meta)

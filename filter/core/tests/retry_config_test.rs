@@ -131,7 +131,7 @@ fn layers_override_field_by_field_and_budget_fields_one_by_one() {
     assert_eq!(top.budget.min_retries_per_second, 5);
     assert_eq!(top.budget.window_ns, 10 * S);
 
-    let users = &s.routes["users"].retry;
+    let users = &s.routes.get("users").unwrap().retry;
     assert_eq!(
         users.max_attempts, 4,
         "the route entry wins over the variable"

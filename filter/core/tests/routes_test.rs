@@ -131,7 +131,10 @@ fn metadata_lays_over_a_configured_route() {
     let r = resolve(&s, "users", Some(&meta));
     assert_eq!(r.metadata_error, None);
     assert_eq!(r.route.bucket, "users");
-    assert_eq!(r.route.policy, with_threshold(&s.routes["users"], 2));
+    assert_eq!(
+        r.route.policy,
+        with_threshold(&s.routes.get("users").unwrap(), 2)
+    );
 }
 
 #[test]
@@ -141,7 +144,7 @@ fn invalid_metadata_is_reported_and_the_plugin_configuration_applies() {
     let r = resolve(&s, "users", Some(&bad));
     assert_eq!(
         r.route,
-        Route::new(PREFIX, "users", s.routes["users"].clone())
+        Route::new(PREFIX, "users", s.routes.get("users").unwrap().clone())
     );
     assert_eq!(
         r.metadata_error.map(|e| e.to_string()).as_deref(),

@@ -267,20 +267,6 @@ impl<'a> IntoIterator for &'a RouteTable {
     }
 }
 
-/// `routes["users"]`: the route's policy; panics when there is none (tests only: the filter
-/// uses [`RouteTable::get`]).
-impl std::ops::Index<&str> for RouteTable {
-    type Output = RoutePolicy;
-
-    #[allow(clippy::panic)]
-    fn index(&self, name: &str) -> &RoutePolicy {
-        match self.get(name) {
-            Some(policy) => policy,
-            None => panic!("no route {name:?}"),
-        }
-    }
-}
-
 /// The validated plugin configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
