@@ -133,7 +133,7 @@ fn metadata_lays_over_a_configured_route() {
     assert_eq!(r.route.bucket, "users");
     assert_eq!(
         r.route.policy,
-        with_threshold(&s.routes.get("users").unwrap(), 2)
+        with_threshold(s.routes.get("users").unwrap(), 2)
     );
 }
 
