@@ -70,6 +70,13 @@ fn envoy_retries_as_the_route_policy_says() {
     // The policy reached Envoy as headers, which the router consumed.
     let seen = &upstream.requests("a")[0];
     assert_eq!(seen.header("x-envoy-max-retries"), None);
+    // This virtual host does not report attempts: the filter learns it from an upstream
+    // response (and then stops reading the header for the route epoch), and says so.
+    envoy.wait_for_log(
+        "route users: Envoy does not report attempts in its responses",
+        WAIT,
+    );
+    assert_eq!(value(&envoy, "users", "retry_attempts_total"), 0);
 }
 
 #[test]
@@ -189,4 +196,8 @@ fn the_retry_budget_stops_retries_in_a_storm_and_allows_them_after() {
         std::thread::sleep(Duration::from_millis(200));
     }
     envoy.wait_for_stat(&stat("users", "active_requests"), |v| v == 0, WAIT);
+    assert!(
+        !envoy.log().contains("does not report attempts"),
+        "a virtual host that reports attempts was taken for one that does not"
+    );
 }

@@ -31,3 +31,23 @@ fn the_try_number_property_is_an_8_byte_integer_or_the_first_try() {
     assert_eq!(attempt_from_property(Some(&[2, 0, 0, 0])), 1);
     assert_eq!(attempt_from_property(Some(&u64::MAX.to_le_bytes())), 1);
 }
+
+#[test]
+fn an_upstream_response_without_the_attempt_count_stops_the_reading_until_the_epoch_moves() {
+    use marty_resilience_core::retry::reports::AttemptReports::{NotReported, Reported, Unknown};
+    // Nothing known: read, and ask the origin only when the header is absent.
+    assert!(Unknown.worth_reading());
+    assert!(Unknown.needs_origin(false));
+    assert!(!Unknown.needs_origin(true));
+    // The upstream answered through the router and Envoy added nothing: not configured.
+    assert_eq!(Unknown.learn(false, true), NotReported);
+    assert!(!NotReported.worth_reading());
+    // Another filter's local reply never met the router: it teaches nothing.
+    assert_eq!(Unknown.learn(false, false), Unknown);
+    // One response with the header: read on every response of the epoch, whatever follows
+    // (a bucket may span virtual hosts that differ).
+    assert_eq!(Unknown.learn(true, false), Reported);
+    assert_eq!(Reported.learn(false, true), Reported);
+    assert!(!Reported.needs_origin(false));
+    assert_eq!(NotReported.learn(true, false), Reported);
+}

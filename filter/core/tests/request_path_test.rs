@@ -168,9 +168,13 @@ fn a_closed_breaker_costs_the_route_name_one_counter_read_and_the_status() {
 }
 
 #[test]
-fn a_retry_policy_costs_its_header_writes_and_one_response_read() {
+fn a_retry_policy_costs_its_header_writes_and_nothing_more_where_envoy_reports_no_attempts() {
     let (_, worker) =
         start(r#"{"retry": {"enabled": true, "max_attempts": 3}, "routes": {"users": {}}}"#);
+    // As Envoy says of an upstream's response; the virtual host does not report attempts.
+    worker
+        .host()
+        .set_property("response.code_details", Some(b"via_upstream"));
     let (request, response) = calls_of_one_request(&worker);
     // max-retries, retry-on, retry-grpc-on, per-try timeout: the preset's policy, prebuilt.
     assert_eq!(
@@ -184,7 +188,75 @@ fn a_retry_policy_costs_its_header_writes_and_one_response_read() {
             "set_header"
         ]
     );
-    assert_eq!(response, ["get_header", "get_header"]);
+    // The status only: the first response taught that no attempt count comes.
+    assert_eq!(response, ["get_header"]);
+}
+
+/// One retry-enabled request on `users` answered by `response` with `code_details`; the host
+/// calls of its response.
+fn respond_with(
+    worker: &Worker,
+    response: &[(&str, &str)],
+    code_details: &str,
+) -> Vec<&'static str> {
+    let (mut stream, _) = worker.request("users", &[]);
+    worker.host().new_stream(&[]);
+    worker
+        .host()
+        .set_property("response.code_details", Some(code_details.as_bytes()));
+    worker.host().set_headers(Map::ResponseHeaders, response);
+    stream.on_response_headers(false);
+    stream.on_response_body(true);
+    stream.on_delete();
+    worker.host().calls()
+}
+
+#[test]
+fn attempt_counts_are_read_where_envoy_reports_them_and_relearned_each_route_epoch() {
+    let (envoy, worker) = start(RETRIES);
+    let status_only = [(":status", "200")];
+    // Another filter's local reply, without the header: says nothing, the next is read too.
+    // (The attempt count, where it came from, then the status.)
+    let calls = respond_with(&worker, &[(":status", "429")], "rate_limited");
+    assert_eq!(calls, ["get_header", "get_property", "get_header"]);
+    // Envoy reports attempts: every response is read, and its retries counted.
+    let counted = [(":status", "200"), ("x-envoy-attempt-count", "3")];
+    assert_eq!(
+        respond_with(&worker, &counted, "via_upstream"),
+        ["get_header", "increment_metric", "get_header"]
+    );
+    // An upstream response without it in the same epoch does not stop the reading (another
+    // virtual host of the bucket may not report).
+    assert_eq!(
+        respond_with(&worker, &status_only, "via_upstream"),
+        ["get_header", "get_header"]
+    );
+    assert_eq!(
+        respond_with(&worker, &counted, "via_upstream"),
+        ["get_header", "increment_metric", "get_header"]
+    );
+    assert_eq!(worker.stat("route.users.retry_attempts_total"), 4);
+
+    // The next epoch starts from nothing: an upstream response without the header stops it.
+    envoy.advance_ms(10_001);
+    assert!(worker.plugin.tick());
+    assert_eq!(
+        respond_with(&worker, &status_only, "via_upstream"),
+        ["get_header", "get_property", "get_header"]
+    );
+    assert_eq!(
+        respond_with(&worker, &counted, "via_upstream"),
+        ["get_header"]
+    );
+    assert_eq!(worker.stat("route.users.retry_attempts_total"), 4);
+    // And the epoch after reads again.
+    envoy.advance_ms(10_001);
+    assert!(worker.plugin.tick());
+    assert_eq!(
+        respond_with(&worker, &counted, "via_upstream"),
+        ["get_header", "increment_metric", "get_header"]
+    );
+    assert_eq!(worker.stat("route.users.retry_attempts_total"), 6);
 }
 
 #[test]

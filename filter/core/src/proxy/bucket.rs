@@ -9,6 +9,7 @@ use crate::host::Host;
 use crate::lease;
 use crate::proxy::take_slot;
 use crate::retry::budget;
+use crate::retry::reports::AttemptReports;
 use crate::routes::Route;
 use crate::stats::{RouteStats, Stat};
 
@@ -44,6 +45,11 @@ pub struct BucketState {
     /// that the slots come back if the VM dies ([`crate::lease`]).
     held_requests: Cell<u32>,
     held_faults: Cell<u32>,
+    /// Whether Envoy reports this bucket's tries in its responses, and the route epoch that
+    /// was learned in ([`AttemptReports`]).
+    attempt_reports: Cell<(u64, AttemptReports)>,
+    /// The VM said once that the bucket's responses carry no attempt count.
+    unreported_logged: Cell<bool>,
 }
 
 /// How a request holds its `active_requests` slot.
@@ -97,6 +103,8 @@ impl BucketState {
             retired: Cell::new(false),
             held_requests: Cell::new(0),
             held_faults: Cell::new(0),
+            attempt_reports: Cell::new((0, AttemptReports::Unknown)),
+            unreported_logged: Cell::new(false),
         }
     }
 
@@ -216,6 +224,22 @@ impl BucketState {
             requests,
             faults,
         })
+    }
+
+    /// What is known of the bucket's attempt reports in the route epoch `epoch` (nothing in
+    /// a new epoch).
+    pub fn attempt_reports(&self, epoch: u64) -> AttemptReports {
+        match self.attempt_reports.get() {
+            (learned_in, known) if learned_in == epoch => known,
+            _ => AttemptReports::Unknown,
+        }
+    }
+
+    /// Records what a response taught about attempt reports in `epoch`; `true` the first time
+    /// the VM learns that the bucket's responses carry none (to say so once).
+    pub fn learned_attempt_reports(&self, epoch: u64, known: AttemptReports) -> bool {
+        self.attempt_reports.set((epoch, known));
+        known == AttemptReports::NotReported && !self.unreported_logged.replace(true)
     }
 
     /// Admission from this VM's view when no worker can have opened the breaker since: one

@@ -291,6 +291,12 @@ impl<H: Host> Plugin<H> {
         }
     }
 
+    /// The route epoch: moved by the tick every [`ROUTE_REFRESH_NS`] (and when buckets are
+    /// forgotten); what is learned of a route holds for one epoch.
+    pub fn route_epoch(&self) -> u64 {
+        self.route_epoch.get()
+    }
+
     /// The bucket of a request on the Envoy route `route_name` (empty for unnamed routes);
     /// `None` when the request has no upstream cluster (no route, `direct_response`,
     /// redirect): no breaker counts it. A route-named bucket costs no host call once cached;

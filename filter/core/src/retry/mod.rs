@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod reports;
 
 use crate::config::retry::RetryPolicy;
 use crate::config::Mode;

@@ -4,7 +4,7 @@
 //! host's `include_attempt_count_in_response`) counted toward the budget; and, in the upstream
 //! placement, each retry held for the route's backoff delay.
 
-use log::debug;
+use log::{debug, info};
 
 use super::Stream;
 use crate::breaker::{self, State, Ticket};
@@ -13,6 +13,9 @@ use crate::host::{Host, Map};
 use crate::proxy::bucket::BucketState;
 use crate::proxy::Action;
 use crate::retry::{self, Suppressed};
+
+/// Where Envoy reports a request's tries (the virtual host's `include_attempt_count_in_response`).
+const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
 
 impl<H: Host> Stream<H> {
     /// Upstream mode: this is one try of a request. A retry (try n >= 2, by the router's
@@ -121,20 +124,36 @@ impl<H: Host> Stream<H> {
         }
     }
 
-    /// Retries Envoy made for this request, from the response's `x-envoy-attempt-count`.
+    /// Retries Envoy made for this request, from the response's `x-envoy-attempt-count`, on
+    /// routes where Envoy reports them (learned once per route epoch:
+    /// [`AttemptReports`](crate::retry::reports::AttemptReports)).
     pub(super) fn count_attempts(&mut self) {
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
-        let retries = retry::retries_reported(
-            self.host()
-                .header(Map::ResponseHeaders, "x-envoy-attempt-count")
-                .as_deref(),
-        );
+        let epoch = self.plugin.route_epoch();
+        let known = bucket.attempt_reports(epoch);
+        if !known.worth_reading() {
+            return;
+        }
+        let host = self.host();
+        let reported = host.header(Map::ResponseHeaders, ATTEMPT_COUNT_HEADER);
+        let present = reported.is_some();
+        let via_upstream = known.needs_origin(present)
+            && host.property(&["response", "code_details"]).as_deref() == Some(b"via_upstream");
+        let learned = known.learn(present, via_upstream);
+        if learned != known && bucket.learned_attempt_reports(epoch, learned) {
+            info!(
+                "route {}: Envoy does not report attempts in its responses \
+                 (include_attempt_count_in_response): the retry budget sees no retries",
+                bucket.route.borrow().bucket
+            );
+        }
+        let retries = retry::retries_reported(reported.as_deref());
         if retries == 0 {
             return;
         }
-        bucket.count(self.host(), bucket.stats.retry_attempts, i64::from(retries));
+        bucket.count(host, bucket.stats.retry_attempts, i64::from(retries));
         let mut budget = bucket.budget.borrow_mut();
         for _ in 0..retries {
             budget.0.retry();
