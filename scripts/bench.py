@@ -98,6 +98,8 @@ class Variant:
     bench_route_name: str = ROUTE  # diagnostics only: "" (unnamed) or a name absent from `routes`
     bucket: str = ROUTE  # the filter's stats bucket the requests land in
     module: str = "filter"  # "filter" or "noop" (diagnostics)
+    # Request headers the bootstrap registers as O(1) inline headers (`inline_headers`; diagnostics).
+    inline_headers: tuple[str, ...] = ()
 
 
 VARIANTS = {
@@ -125,16 +127,26 @@ VARIANTS = {
                      plugin({"circuit_breaker": dict(BREAKER), "failure_injection": ABORT_EVERY_REQUEST}),
                      Goal("ratio", 0.97), answer="abort"),
 }
-# Diagnostic variants (--diag, callgrind only, not gated) price the dispatch floor and route resolution.
+# Diagnostic variants (--diag, callgrind, not gated) price the dispatch floor, route resolution and the
+# trigger header registered inline.
 DIAG_VARIANTS = {
     "diag_noop": Variant("diag: empty proxy-wasm filter, same SDK (scripts/bench.d/noop): dispatch floor", {},
                          bucket="", module="noop"),
-    "diag_unnamed": Variant("diag: breaker, but the bench route has no name ('default' bucket)",
-                            plugin({"circuit_breaker": dict(BREAKER)}), bench_route_name="", bucket="default"),
-    "diag_unlisted": Variant("diag: breaker, bench route named but not in `routes` ('default' bucket)",
+    "diag_unnamed": Variant("diag: breaker, but the bench route has no name (bucket of its cluster)",
+                            plugin({"circuit_breaker": dict(BREAKER)}), bench_route_name="", bucket="upstream"),
+    "diag_unlisted": Variant("diag: breaker, bench route named but not in `routes` (its own bucket)",
                              plugin({"circuit_breaker": dict(BREAKER)}), bench_route_name="other_route",
-                             bucket="default"),
+                             bucket="other_route"),
 }
+# The deployment tip of docs/faults.md: the trigger header registered inline in the bootstrap, so
+# that reading it does not make Envoy build the request header map's dictionary.
+TRIGGER_INLINE = ("x-failure-inject",)
+DIAG_VARIANTS["diag_faults_inline"] = Variant(
+    "diag: + faults as `+faults`, trigger header registered inline (bootstrap `inline_headers`)",
+    VARIANTS["+faults"].plugin, inline_headers=TRIGGER_INLINE)
+DIAG_VARIANTS["diag_everything_inline"] = Variant(
+    "diag: everything as `everything`, trigger header registered inline (bootstrap `inline_headers`)",
+    VARIANTS["everything"].plugin, inline_headers=TRIGGER_INLINE)
 ALL_VARIANTS = {**VARIANTS, **DIAG_VARIANTS}
 WALL_VARIANTS = ["base", "breaker"]
 
@@ -392,7 +404,11 @@ def front_config(name: str, upstream_port: int, args) -> dict:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": sockaddr(upstream_port)}}]}],
         },
     }
-    return bootstrap(hcm([health, bench], filters), [cluster])
+    config = bootstrap(hcm([health, bench], filters), [cluster])
+    if v.inline_headers:
+        config["inline_headers"] = [{"inline_header_name": h, "inline_header_type": "REQUEST_HEADER"}
+                                    for h in v.inline_headers]
+    return config
 
 
 class Envoy:
@@ -838,8 +854,10 @@ def run_rss_workers(args, upstream: Envoy) -> dict:
     out: dict = {}
     for k in args.rss_workers:
         envoys = {}
+        # With --diag at 1 worker, also the empty proxy-wasm filter: V8's own floor.
+        variants = WALL_VARIANTS + (["diag_noop"] if args.noop_wasm and k == 1 else [])
         try:
-            for v in WALL_VARIANTS:
+            for v in variants:
                 for i in range(args.rss_starts):
                     envoys[(v, i)] = Envoy(f"rss-k{k}-{v}-{i}", args, front_config(v, upstream.port, args), k)
             for e in envoys.values():
@@ -847,7 +865,7 @@ def run_rss_workers(args, upstream: Envoy) -> dict:
             for (v, _), e in envoys.items():
                 wrk(e.port, args.warmup, args.conns, None)
                 settled_stats(e, v, None)
-            samples = {v: sorted(envoys[(v, i)].rss_bytes() for i in range(args.rss_starts)) for v in WALL_VARIANTS}
+            samples = {v: sorted(envoys[(v, i)].rss_bytes() for i in range(args.rss_starts)) for v in variants}
         finally:
             for e in envoys.values():
                 e.stop()
@@ -970,6 +988,11 @@ def other_rows(args, meta: dict, wall: list[dict], rss: dict, flat: dict | None)
                      f"{d1 / MiB:+.1f} MiB ({spread(1)})", "≤ +25 MiB", verdict(ok)])
         if not ok:
             missed.append(f"RSS: {d1 / MiB:+.1f} MiB at 1 worker, goal ≤ +25 MiB")
+        if "diag_noop" in rss[1]:
+            floor = rss[1]["diag_noop"]["median"] - rss[1]["base"]["median"]
+            rows.append(["RSS, empty proxy-wasm filter (diag_noop) − without, 1 worker: V8's floor",
+                         f"{floor / MiB:+.1f} MiB; the filter {(d1 - floor) / MiB:+.1f} MiB above it", "",
+                         "(diagnostic)"])
         if 2 in rss:
             rows.append([f"RSS with − without, 2 workers", f"{delta(2) / MiB:+.1f} MiB ({spread(2)}); "
                          f"{(delta(2) - d1) / MiB:+.1f} MiB over 1 worker", "", "(the slope below is gated)"])
@@ -1069,7 +1092,7 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when a gated goal is missed or not measured")
     ap.add_argument("--quick", action="store_true",
                     help="~3-5 minutes: 1000 callgrind requests, 2 rounds of 2 s bursts, RSS over 10^5 requests")
-    ap.add_argument("--diag", action="store_true", help="also measure the diagnostic variants (callgrind only)")
+    ap.add_argument("--diag", action="store_true", help="also measure the diagnostic variants (callgrind), and the empty filter's RSS at 1 worker")
     ap.add_argument("--only", choices=["callgrind", "wallclock", "rss"], help="run only one of the measurements")
     ap.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} "
                                        "(base, and breaker for '+' rows, are always kept)")
