@@ -40,14 +40,24 @@ fn an_upstream_response_without_the_attempt_count_stops_the_reading_until_the_ep
     assert!(Unknown.needs_origin(false));
     assert!(!Unknown.needs_origin(true));
     // The upstream answered through the router and Envoy added nothing: not configured.
-    assert_eq!(Unknown.learn(false, true), NotReported);
+    let upstream = Some(&b"via_upstream"[..]);
+    assert_eq!(Unknown.learn(false, upstream), NotReported);
     assert!(!NotReported.worth_reading());
-    // Another filter's local reply never met the router: it teaches nothing.
-    assert_eq!(Unknown.learn(false, false), Unknown);
+    // Another filter's local reply never met the router, and the router's own replies without
+    // a try say nothing either: they teach nothing. Nor does a host that did not say.
+    assert_eq!(Unknown.learn(false, Some(b"rate_limited")), Unknown);
+    assert_eq!(
+        Unknown.learn(
+            false,
+            Some(b"upstream_reset_before_response_started{connection_failure}")
+        ),
+        Unknown
+    );
+    assert_eq!(Unknown.learn(false, None), Unknown);
     // One response with the header: read on every response of the epoch, whatever follows
     // (a bucket may span virtual hosts that differ).
-    assert_eq!(Unknown.learn(true, false), Reported);
-    assert_eq!(Reported.learn(false, true), Reported);
+    assert_eq!(Unknown.learn(true, None), Reported);
+    assert_eq!(Reported.learn(false, upstream), Reported);
     assert!(!Reported.needs_origin(false));
-    assert_eq!(NotReported.learn(true, false), Reported);
+    assert_eq!(NotReported.learn(true, None), Reported);
 }

@@ -36,14 +36,17 @@ impl AttemptReports {
         self == Self::Unknown && !header_present
     }
 
-    /// What a response teaches. `via_upstream`: Envoy's `response.code_details` said the
-    /// upstream answered through the router (only asked when [`Self::needs_origin`]). Once a
-    /// response carried the header, the epoch keeps reading it: a bucket can span virtual
-    /// hosts, and one that reports must not be silenced by one that does not.
-    pub fn learn(self, header_present: bool, via_upstream: bool) -> Self {
+    /// What a response teaches. `code_details`: Envoy's `response.code_details`, only asked
+    /// when [`Self::needs_origin`]. Only `via_upstream` (the upstream answered through the
+    /// router) is taken as proof that the setting is off: the router's own replies (timeouts,
+    /// resets) carry the header too where it is set, but only once a try was made, so their
+    /// lack of it proves nothing. Once a response carried the header, the epoch
+    /// keeps reading it: a bucket can span virtual hosts, and one that reports must not be
+    /// silenced by one that does not.
+    pub fn learn(self, header_present: bool, code_details: Option<&[u8]>) -> Self {
         match self {
             _ if header_present => Self::Reported,
-            Self::Unknown if via_upstream => Self::NotReported,
+            Self::Unknown if code_details == Some(b"via_upstream") => Self::NotReported,
             known => known,
         }
     }

@@ -139,9 +139,12 @@ impl<H: Host> Stream<H> {
         let host = self.host();
         let reported = host.header(Map::ResponseHeaders, ATTEMPT_COUNT_HEADER);
         let present = reported.is_some();
-        let via_upstream = known.needs_origin(present)
-            && host.property(&["response", "code_details"]).as_deref() == Some(b"via_upstream");
-        let learned = known.learn(present, via_upstream);
+        let code_details = if known.needs_origin(present) {
+            host.property(&["response", "code_details"])
+        } else {
+            None
+        };
+        let learned = known.learn(present, code_details.as_deref());
         if learned != known && bucket.learned_attempt_reports(epoch, learned) {
             info!(
                 "route {}: Envoy does not report attempts in its responses \
