@@ -430,6 +430,7 @@ class Envoy:
             "--admin-address-path", str(self.addr_file),
         ]
         self.proc = spawn((prefix or []) + cmd, d / f"{name}.stderr", cpus)
+        self.binary = str(Path(args.envoy).resolve())
         self.admin = self.port = 0
 
     def ready(self, timeout: float = 60.0) -> "Envoy":
@@ -495,6 +496,42 @@ class Envoy:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise BenchError(f"{self.name}: no VmRSS in /proc/{self.proc.pid}/status")
+
+    def memory_anatomy(self) -> dict[str, int]:
+        """Where the RSS is, in bytes (diagnostic; docs/performance.md "What the RSS is made of").
+
+        From /proc/<pid>/smaps: pages of the Envoy binary (V8's code and data are in it, paged
+        in once a VM runs), anonymous executable pages (the compiled Wasm code), other mapped
+        files, and other anonymous pages. The last is split with Envoy's /memory (tcmalloc):
+        `allocator_live` (bytes allocated), `allocator_held` (physical bytes the allocator holds
+        beyond them: free pages and per-thread caches, which RSS counts though nothing uses them)
+        and `anon_other` (the rest: V8's own heaps, the Wasm linear memories, thread stacks).
+        """
+        parts = {"envoy_binary": 0, "wasm_code": 0, "other_files": 0, "anon": 0}
+        kind = None
+        for line in Path(f"/proc/{self.proc.pid}/smaps").read_text().splitlines():
+            fields = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                perms, path = fields[1], (fields[5] if len(fields) > 5 else "")
+                if path == self.binary:
+                    kind = "envoy_binary"
+                elif path.startswith("/"):
+                    kind = "other_files"
+                elif "x" in perms:
+                    kind = "wasm_code"
+                else:
+                    kind = "anon"
+            elif fields and fields[0] == "Rss:" and kind is not None:
+                parts[kind] += int(fields[1]) * 1024
+        code, body, _ = http_get(self.admin, "/memory")
+        if code != 200:
+            raise self._fail(f"/memory answered {code}")
+        memory = json.loads(body)
+        live, physical = int(memory["allocated"]), int(memory["total_physical_bytes"])
+        parts["allocator_live"] = live
+        parts["allocator_held"] = max(physical - live, 0)
+        parts["anon_other"] = parts.pop("anon") - physical
+        return parts
 
     def wait_idle(self, timeout: float = 10.0) -> dict[str, int]:
         deadline = time.monotonic() + timeout
@@ -866,10 +903,18 @@ def run_rss_workers(args, upstream: Envoy) -> dict:
                 wrk(e.port, args.warmup, args.conns, None)
                 settled_stats(e, v, None)
             samples = {v: sorted(envoys[(v, i)].rss_bytes() for i in range(args.rss_starts)) for v in variants}
+            # Where the RSS is (diagnostic), at 1 worker: the median of each part over the starts.
+            anatomy = {}
+            if k == 1:
+                for v in variants:
+                    each = [envoys[(v, i)].memory_anatomy() for i in range(args.rss_starts)]
+                    anatomy[v] = {part: statistics.median(a[part] for a in each) for part in each[0]}
         finally:
             for e in envoys.values():
                 e.stop()
         out[k] = {v: {"median": statistics.median(x), "samples": x} for v, x in samples.items()}
+        for v, parts in anatomy.items():
+            out[k][v]["anatomy"] = parts
         log(f"   {k} worker(s): " + "; ".join(
             f"{v} median {out[k][v]['median'] / MiB:.1f} MiB [{x[0] / MiB:.1f}–{x[-1] / MiB:.1f}]"
             for v, x in samples.items()))
@@ -958,6 +1003,20 @@ def cost_rows(cg: dict, failed: dict, variants: list[str]) -> tuple[list[list[st
     return rows, missed
 
 
+ANATOMY_PARTS = (
+    ("envoy_binary", "Envoy binary pages (V8 in it)"),
+    ("wasm_code", "compiled Wasm code"),
+    ("allocator_live", "allocator: live"),
+    ("allocator_held", "allocator: held free"),
+    ("anon_other", "V8 heaps, linear memories, stacks"),
+    ("other_files", "other files"),
+)
+
+
+def anatomy_text(with_: dict, without: dict) -> str:
+    return "; ".join(f"{label} {(with_[part] - without[part]) / MiB:+.1f}" for part, label in ANATOMY_PARTS) + " MiB"
+
+
 def other_rows(args, meta: dict, wall: list[dict], rss: dict, flat: dict | None) -> tuple[list[list[str]], list[str]]:
     rows, missed = [], []
     size = meta["wasm_bytes"]
@@ -993,6 +1052,14 @@ def other_rows(args, meta: dict, wall: list[dict], rss: dict, flat: dict | None)
             rows.append(["RSS, empty proxy-wasm filter (diag_noop) − without, 1 worker: V8's floor",
                          f"{floor / MiB:+.1f} MiB; the filter {(d1 - floor) / MiB:+.1f} MiB above it", "",
                          "(diagnostic)"])
+        if "anatomy" in rss[1]["breaker"] and "anatomy" in rss[1]["base"]:
+            rows.append(["RSS with − without, 1 worker, by where it is (medians of each part)",
+                         anatomy_text(rss[1]["breaker"]["anatomy"], rss[1]["base"]["anatomy"]), "",
+                         "(diagnostic)"])
+            if "anatomy" in rss[1].get("diag_noop", {}):
+                rows.append(["the same, the filter − the empty filter (diag_noop)",
+                             anatomy_text(rss[1]["breaker"]["anatomy"], rss[1]["diag_noop"]["anatomy"]), "",
+                             "(diagnostic)"])
         if 2 in rss:
             rows.append([f"RSS with − without, 2 workers", f"{delta(2) / MiB:+.1f} MiB ({spread(2)}); "
                          f"{(delta(2) - d1) / MiB:+.1f} MiB over 1 worker", "", "(the slope below is gated)"])
