@@ -201,3 +201,42 @@ fn the_retry_budget_stops_retries_in_a_storm_and_allows_them_after() {
         "a virtual host that reports attempts was taken for one that does not"
     );
 }
+
+/// Envoy's Wasm host clears the route cache whenever a filter changes the request headers, so
+/// the router matches the route again with the headers the filter set (docs/retries.md, "What
+/// Envoy does"). Pinned here because routes that match on the retry headers would then take
+/// the request: the filter's policy is that of the route as first matched.
+#[test]
+fn envoy_matches_the_route_again_after_the_filter_sets_its_retry_headers() {
+    let upstream = Upstream::start();
+    let config = EnvoyConfig::new(upstream.port())
+        .plugin_config(json!({"routes": {"users": {"retry": retry_policy(json!({}))}}}).to_string())
+        .routes(vec![
+            RouteSpec::new("users", "/users"),
+            RouteSpec::unnamed("/"),
+        ]);
+    let mut bootstrap = config.bootstrap();
+    let routes = bootstrap
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes")
+        .and_then(Value::as_array_mut)
+        .expect("the harness bootstrap has one virtual host with routes");
+    // First in the table: any request that carries `x-envoy-max-retries`.
+    routes.insert(
+        0,
+        json!({
+            "name": "carries_max_retries",
+            "match": {"prefix": "/", "headers": [{"name": "x-envoy-max-retries", "present_match": true}]},
+            "direct_response": {"status": 299, "body": {"inline_string": "matched again"}}
+        }),
+    );
+    let envoy = Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"));
+    // Matched as `users` (no such header yet); the filter sets `x-envoy-max-retries`; the
+    // router matches again and the first route answers.
+    let r = http1(envoy.port(), "GET", "/users", &[("x-test-key", "a")]).unwrap();
+    assert_eq!(r.status, 299);
+    assert_eq!(upstream.count("a"), 0);
+    // Where retries are off the filter writes nothing, and the request goes upstream.
+    let r = http1(envoy.port(), "GET", "/other", &[("x-test-key", "b")]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.count("b"), 1);
+}
