@@ -24,6 +24,16 @@ pub fn http_connection_manager(bootstrap: &mut Value) -> &mut Value {
     hcm
 }
 
+/// The one virtual host of the harness's route table.
+pub fn virtual_host(bootstrap: &mut Value) -> &mut Value {
+    let vhost = &mut http_connection_manager(bootstrap)["route_config"]["virtual_hosts"][0];
+    assert!(
+        vhost["routes"].is_array(),
+        "no virtual host with routes: {vhost}"
+    );
+    vhost
+}
+
 /// The wasm filter's `config` (an `envoy.extensions.wasm.v3.PluginConfig`).
 pub fn wasm_plugin_config(bootstrap: &mut Value) -> &mut Value {
     let filters = http_connection_manager(bootstrap)["http_filters"]

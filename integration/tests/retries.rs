@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{envoy, stat, value, wait_state, WAIT};
+use marty_integration::bootstrap_edit::virtual_host;
 use marty_integration::{concurrently, http1, Envoy, EnvoyConfig, RouteSpec, Upstream};
 use serde_json::{json, Value};
 
@@ -20,10 +21,7 @@ fn envoy_counting_attempts(upstream: &Upstream, plugin: Value) -> Envoy {
             RouteSpec::unnamed("/"),
         ]);
     let mut bootstrap = config.bootstrap();
-    let vhost = bootstrap
-        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0")
-        .expect("the harness bootstrap has one virtual host");
-    vhost["include_attempt_count_in_response"] = json!(true);
+    virtual_host(&mut bootstrap)["include_attempt_count_in_response"] = json!(true);
     Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -216,10 +214,9 @@ fn envoy_matches_the_route_again_after_the_filter_sets_its_retry_headers() {
             RouteSpec::unnamed("/"),
         ]);
     let mut bootstrap = config.bootstrap();
-    let routes = bootstrap
-        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes")
-        .and_then(Value::as_array_mut)
-        .expect("the harness bootstrap has one virtual host with routes");
+    let routes = virtual_host(&mut bootstrap)["routes"]
+        .as_array_mut()
+        .expect("routes is an array");
     // First in the table: any request that carries `x-envoy-max-retries`.
     routes.insert(
         0,

@@ -33,6 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{stat, WAIT};
+use marty_integration::bootstrap_edit::virtual_host;
 use marty_integration::{http1, Envoy, EnvoyConfig, RouteSpec, Upstream};
 use serde_json::json;
 
@@ -139,10 +140,7 @@ fn start_envoy(upstream: &Upstream) -> Envoy {
         .routes(vec![RouteSpec::new(ROUTE, "/")]);
     let mut bootstrap = config.bootstrap();
     // The filter counts retries from the attempt count Envoy reports in responses.
-    let vhost = bootstrap
-        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0")
-        .expect("the harness bootstrap has one virtual host");
-    vhost["include_attempt_count_in_response"] = json!(true);
+    virtual_host(&mut bootstrap)["include_attempt_count_in_response"] = json!(true);
     Envoy::start_with_bootstrap(&config, &bootstrap).unwrap_or_else(|e| panic!("{e}"))
 }
 
