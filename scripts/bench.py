@@ -130,7 +130,7 @@ VARIANTS = {
 # Diagnostic variants (--diag, callgrind, not gated) price the dispatch floor, route resolution and the
 # trigger header registered inline.
 DIAG_VARIANTS = {
-    "diag_noop": Variant("diag: empty proxy-wasm filter, same SDK (scripts/bench.d/noop): dispatch floor", {},
+    "diag_noop": Variant("diag: empty proxy-wasm filter on the Rust SDK (scripts/bench.d/noop): dispatch floor", {},
                          bucket="", module="noop"),
     "diag_unnamed": Variant("diag: breaker, but the bench route has no name (bucket of its cluster)",
                             plugin({"circuit_breaker": dict(BREAKER)}), bench_route_name="", bucket="upstream"),
