@@ -6,9 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{envoy, stat, value, wait_state, WAIT};
+use common::{envoy, stat, value, wait_state, GRPC_PATH, WAIT};
 use marty_integration::bootstrap_edit::virtual_host;
-use marty_integration::{concurrently, http1, Envoy, EnvoyConfig, RouteSpec, Upstream};
+use marty_integration::envoy::UPSTREAM_H2_CLUSTER;
+use marty_integration::{
+    concurrently, grpc_unary, http1, http2, Envoy, EnvoyConfig, RouteSpec, Upstream,
+};
 use serde_json::{json, Value};
 
 /// Starts Envoy with the virtual host reporting attempt counts in responses, which is how the
@@ -236,4 +239,37 @@ fn envoy_matches_the_route_again_after_the_filter_sets_its_retry_headers() {
     let r = http1(envoy.port(), "GET", "/other", &[("x-test-key", "b")]).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(upstream.count("b"), 1);
+}
+
+/// The route's gRPC conditions (`x-envoy-retry-grpc-on`) reach Envoy with a gRPC call, which
+/// sends its message in the body, and are left out of a request that ends with its headers: no
+/// gRPC call looks like that, and the write is saved (docs/retries.md).
+#[test]
+fn grpc_conditions_retry_a_grpc_call_and_are_left_out_of_a_request_without_a_body() {
+    let upstream = Upstream::start();
+    let policy = retry_policy(json!({"grpc_retry_on": ["unavailable"]}));
+    let envoy = envoy(
+        &upstream,
+        json!({"routes": {"grpc": {"retry": policy}}}),
+        vec![RouteSpec::new("grpc", "/marty.test.").cluster(UPSTREAM_H2_CLUSTER)],
+    );
+    // The first try answers trailers-only UNAVAILABLE (HTTP 200): only the gRPC condition
+    // matches it, and Envoy retries.
+    let unavailable_once = |key| {
+        vec![
+            ("x-test-key", key),
+            ("x-upstream-fail-first", "1"),
+            ("x-upstream-grpc-trailers-only", "1"),
+        ]
+    };
+    let reply = grpc_unary(envoy.port(), GRPC_PATH, &unavailable_once("call")).unwrap();
+    assert_eq!(reply.code, tonic::Code::Ok, "{}", reply.message);
+    assert_eq!(upstream.count("call"), 2);
+    // The same answer to a request without a body: no gRPC conditions, no retry.
+    let mut headers = unavailable_once("bodiless");
+    headers.push(("content-type", "application/grpc"));
+    let r = http2(envoy.port(), "GET", GRPC_PATH, &headers).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("14"));
+    assert_eq!(upstream.count("bodiless"), 1);
 }

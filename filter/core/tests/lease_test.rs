@@ -59,7 +59,7 @@ impl Worker {
         all.extend_from_slice(headers);
         host.new_stream(&all);
         let mut stream = Stream::new(id, self.plugin.clone());
-        let action = stream.on_request_headers();
+        let action = stream.on_request_headers(true);
         (stream, action)
     }
 

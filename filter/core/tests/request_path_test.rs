@@ -37,18 +37,34 @@ impl Worker {
         &self.plugin.host
     }
 
-    /// Starts a request on `route` (to the cluster `upstream`) with `headers`; returns the
-    /// stream and what it answered.
+    /// Starts a GET (no body) on `route` (to the cluster `upstream`) with `headers`; returns
+    /// the stream and what it answered.
     fn request(&self, route: &str, headers: &[(&str, &str)]) -> (Stream<FakeHost>, Action) {
         self.request_to(route, Some("upstream"), headers)
     }
 
-    /// Starts a request on `route` to `cluster` (`None`: a route with no upstream cluster).
+    /// Starts a GET on `route` to `cluster` (`None`: a route with no upstream cluster).
     fn request_to(
         &self,
         route: &str,
         cluster: Option<&str>,
         headers: &[(&str, &str)],
+    ) -> (Stream<FakeHost>, Action) {
+        self.start_request(route, cluster, "GET", headers, true)
+    }
+
+    /// Starts a POST on `route` whose body is still to come.
+    fn post(&self, route: &str, headers: &[(&str, &str)]) -> (Stream<FakeHost>, Action) {
+        self.start_request(route, Some("upstream"), "POST", headers, false)
+    }
+
+    fn start_request(
+        &self,
+        route: &str,
+        cluster: Option<&str>,
+        method: &str,
+        headers: &[(&str, &str)],
+        end_of_stream: bool,
     ) -> (Stream<FakeHost>, Action) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -56,11 +72,11 @@ impl Worker {
             .set_property("xds.route_name", Some(route.as_bytes()));
         self.host()
             .set_property("xds.cluster_name", cluster.map(str::as_bytes));
-        let mut all = vec![(":method", "GET"), (":path", "/")];
+        let mut all = vec![(":method", method), (":path", "/")];
         all.extend_from_slice(headers);
         self.host().new_stream(&all);
         let mut stream = Stream::new(id, self.plugin.clone());
-        let action = stream.on_request_headers();
+        let action = stream.on_request_headers(end_of_stream);
         (stream, action)
     }
 
@@ -176,9 +192,24 @@ fn a_retry_policy_costs_its_header_writes_and_nothing_more_where_envoy_reports_n
         .host()
         .set_property("response.code_details", Some(b"via_upstream"));
     let (request, response) = calls_of_one_request(&worker);
-    // max-retries, retry-on, retry-grpc-on, per-try timeout: the preset's policy, prebuilt.
+    // A GET: max-retries, retry-on, per-try timeout; the preset's gRPC conditions are left
+    // out, as a request without a body is no gRPC call.
     assert_eq!(
         request,
+        [
+            "get_property",
+            "get_metric",
+            "set_header",
+            "set_header",
+            "set_header"
+        ]
+    );
+    // The status only: the first response taught that no attempt count comes.
+    assert_eq!(response, ["get_header"]);
+    // A request with a body may be a gRPC call: retry-gRPC-on too.
+    let (_post, _) = worker.post("users", &[("content-type", "application/grpc")]);
+    assert_eq!(
+        worker.host().calls(),
         [
             "get_property",
             "get_metric",
@@ -188,8 +219,22 @@ fn a_retry_policy_costs_its_header_writes_and_nothing_more_where_envoy_reports_n
             "set_header"
         ]
     );
-    // The status only: the first response taught that no attempt count comes.
-    assert_eq!(response, ["get_header"]);
+}
+
+#[test]
+fn grpc_retry_conditions_go_only_on_requests_with_a_body() {
+    let (_, worker) = start(RETRIES_WITH_GRPC);
+    let header = |n| worker.host().header_value(Map::RequestHeaders, n);
+    let (_post, _) = worker.post("users", &[("content-type", "application/grpc")]);
+    assert_eq!(
+        header("x-envoy-retry-grpc-on").as_deref(),
+        Some("unavailable")
+    );
+    assert_eq!(header("x-envoy-max-retries").as_deref(), Some("2"));
+    let (_get, _) = worker.request("users", &[]);
+    assert_eq!(header("x-envoy-retry-grpc-on"), None);
+    assert_eq!(header("x-envoy-max-retries").as_deref(), Some("2"));
+    assert_eq!(header("x-envoy-retry-on").as_deref(), Some("5xx"));
 }
 
 /// One retry-enabled request on `users` answered by `response` with `code_details`; the host
@@ -553,6 +598,11 @@ const RETRIES: &str = r#"{
   "routes": {"users": {}}
 }"#;
 
+const RETRIES_WITH_GRPC: &str = r#"{
+  "retry": {"enabled": true, "max_attempts": 3, "retry_on": ["5xx"], "grpc_retry_on": ["unavailable"]},
+  "routes": {"users": {}}
+}"#;
+
 #[test]
 fn the_retry_policy_becomes_envoy_retry_headers_and_client_headers_are_removed() {
     let (_, worker) = start(RETRIES);
@@ -683,7 +733,7 @@ fn the_health_endpoint_answers_allowed_peers_from_the_shared_records() {
         .host()
         .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
     let mut s = Stream::new(99, worker.plugin.clone());
-    assert_eq!(s.on_request_headers(), Action::Pause);
+    assert_eq!(s.on_request_headers(true), Action::Pause);
     let reply = worker.host().last_reply().unwrap();
     assert_eq!(reply.status, 503);
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
@@ -696,7 +746,7 @@ fn the_health_endpoint_answers_allowed_peers_from_the_shared_records() {
         .host()
         .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
     let mut s = Stream::new(100, worker.plugin.clone());
-    assert_eq!(s.on_request_headers(), Action::Pause);
+    assert_eq!(s.on_request_headers(true), Action::Pause);
     assert_eq!(worker.host().last_reply().unwrap().status, 404);
 }
 
@@ -960,7 +1010,7 @@ fn with_health_route_only_that_route_reads_its_path() {
         .host()
         .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
     let mut s = Stream::new(500, worker.plugin.clone());
-    assert_eq!(s.on_request_headers(), Action::Pause);
+    assert_eq!(s.on_request_headers(true), Action::Pause);
     assert_eq!(worker.host().last_reply().unwrap().status, 200);
 }
 
@@ -1145,7 +1195,7 @@ fn a_bucket_nobody_uses_is_forgotten_after_bucket_idle_timeout() {
         w.host()
             .new_stream(&[(":method", "GET"), (":path", "/resilience/health")]);
         let mut s = Stream::new(900, w.plugin.clone());
-        s.on_request_headers();
+        s.on_request_headers(true);
         w.host().last_reply().unwrap().status
     };
     assert_eq!(health(&worker), 503);

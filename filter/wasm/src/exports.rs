@@ -124,13 +124,13 @@ pub extern "C" fn proxy_on_tick(context_id: u32) {
 pub extern "C" fn proxy_on_request_headers(
     context_id: u32,
     _num_headers: usize,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> u32 {
     #[cfg(feature = "test-trap")]
     if crate::test_trap::on_request_headers() {
         return CONTINUE;
     }
-    with_stream(context_id, |s| action(s.on_request_headers())).unwrap_or(CONTINUE)
+    with_stream(context_id, |s| action(s.on_request_headers(end_of_stream))).unwrap_or(CONTINUE)
 }
 
 #[no_mangle]

@@ -66,7 +66,8 @@ impl<H: Host> Stream<H> {
         &self.plugin.host
     }
 
-    pub fn on_request_headers(&mut self) -> Action {
+    /// `end_of_stream`: the request ended with its headers (it has no body).
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let route_name = self
             .host()
             .property(&["xds", "route_name"])
@@ -126,7 +127,7 @@ impl<H: Host> Stream<H> {
         match self.admit(&bucket) {
             Action::Continue => {
                 if route.policy.retry.enabled {
-                    self.apply_retry_policy(&bucket, &route.policy.retry);
+                    self.apply_retry_policy(&bucket, &route.policy.retry, !end_of_stream);
                 }
                 match delay {
                     Some(nanos) => {

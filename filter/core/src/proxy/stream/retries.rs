@@ -78,7 +78,14 @@ impl<H: Host> Stream<H> {
         self.hold(delay, None)
     }
 
-    pub(super) fn apply_retry_policy(&mut self, bucket: &BucketState, policy: &RetryPolicy) {
+    /// Sets the route's retry headers (`has_body`: the request did not end with its headers,
+    /// see [`RetryHeaders::for_request`](crate::config::retry::RetryHeaders::for_request)).
+    pub(super) fn apply_retry_policy(
+        &mut self,
+        bucket: &BucketState,
+        policy: &RetryPolicy,
+        has_body: bool,
+    ) {
         self.retries_enabled = true;
         let is_probe = self.ticket.is_some_and(|t| t.probe.is_some());
         let max_retries = {
@@ -108,14 +115,14 @@ impl<H: Host> Stream<H> {
         let suppressed = max_retries != policy.max_retries();
         if policy.trust_client_headers {
             // The client's own retry headers win; the policy fills in what it did not send.
-            for (i, (name, v)) in headers.set.iter().enumerate() {
+            for (i, name, v) in headers.for_request(has_body) {
                 if host.header(Map::RequestHeaders, name).is_none() {
                     host.set_header(Map::RequestHeaders, name, written(i, v, suppressed));
                 }
             }
             return;
         }
-        for (i, (name, v)) in headers.set.iter().enumerate() {
+        for (i, name, v) in headers.for_request(has_body) {
             host.set_header(Map::RequestHeaders, name, written(i, v, suppressed));
         }
         // A client must not be able to multiply load on a struggling upstream.
