@@ -68,6 +68,9 @@ pub struct RetryHeaders {
     pub set: Vec<(&'static str, String)>,
     /// The client retry headers the policy does not set, to remove.
     pub remove: Vec<&'static str>,
+    /// Where `x-envoy-retry-grpc-on` is in `set`, if the policy has gRPC conditions: only a
+    /// request with a body gets it ([`RetryHeaders::for_request`]).
+    grpc_on: Option<usize>,
 }
 
 impl RetryHeaders {
@@ -78,7 +81,14 @@ impl RetryHeaders {
             .copied()
             .filter(|name| !set.iter().any(|(s, _)| s == name))
             .collect();
-        Self { set, remove }
+        let grpc_on = set
+            .iter()
+            .position(|(name, _)| *name == RETRY_GRPC_ON_HEADER);
+        Self {
+            set,
+            remove,
+            grpc_on,
+        }
     }
 
     /// The headers a request gets, each with its index in `set` (0 is `x-envoy-max-retries`).
@@ -95,7 +105,7 @@ impl RetryHeaders {
         self.set
             .iter()
             .enumerate()
-            .filter(move |(_, (name, _))| has_body || *name != RETRY_GRPC_ON_HEADER)
+            .filter(move |(i, _)| has_body || Some(*i) != self.grpc_on)
             .map(|(i, (name, value))| (i, *name, value.as_str()))
     }
 }
